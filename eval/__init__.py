@@ -1,0 +1,1 @@
+"""Evaluation harnesses for vllm-landmark (benchmarks run against a served model)."""

@@ -1,0 +1,73 @@
+"""Validating and normalising document items, shared by every entry point.
+
+A document item is a string (the text) or a dict with "text" (str) or "token_ids"
+(list of LLM token ids, already tokenized), and optionally "factor" (force a scaling
+factor for this document). Everything is checked here, before any tokenizing, so that bad
+input gets a message naming the problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ALLOWED_FACTORS, LandmarkConfig
+
+
+class DocumentError(ValueError):
+    """A document cannot be used as given; the message says why."""
+
+
+def normalize_document(item: Any, config: LandmarkConfig) -> dict[str, Any]:
+    """Return {"text": str} or {"token_ids": list[int]}, plus "factor" when given."""
+    if isinstance(item, str):
+        item = {"text": item}
+    if not isinstance(item, dict):
+        raise DocumentError(
+            f"a document must be a string or a dict with 'text' or 'token_ids', "
+            f"got {type(item).__name__}"
+        )
+    unknown = sorted(set(item) - {"text", "token_ids", "factor"})
+    if unknown:
+        raise DocumentError(f"unknown document fields {unknown}; known: factor, text, token_ids")
+    has_text, has_ids = "text" in item, "token_ids" in item
+    if has_text == has_ids:
+        raise DocumentError("a document needs exactly one of 'text' and 'token_ids'")
+    out: dict[str, Any] = {}
+    if has_text:
+        out["text"] = check_document_text(item["text"], config)
+    else:
+        ids = item["token_ids"]
+        if not isinstance(ids, (list, tuple)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids
+        ):
+            raise DocumentError("'token_ids' must be a list of non-negative integers")
+        if not ids:
+            raise DocumentError("the document is empty (no token ids)")
+        if len(ids) > config.max_document_tokens:
+            raise DocumentError(
+                f"the document has {len(ids)} tokens, over the limit of "
+                f"{config.max_document_tokens} (--landmark-max-document-tokens)"
+            )
+        out["token_ids"] = list(ids)
+    if item.get("factor") is not None:
+        factor = item["factor"]
+        if factor not in ALLOWED_FACTORS:
+            raise DocumentError(f"factor={factor!r} is not allowed; choose one of {ALLOWED_FACTORS}")
+        out["factor"] = int(factor)
+    return out
+
+
+def check_document_text(text: Any, config: LandmarkConfig) -> str:
+    """The document text if it is usable: a non-blank str within the character limit."""
+    if not isinstance(text, str):
+        raise DocumentError(f"document text must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise DocumentError("the document is empty (no text besides whitespace)")
+    if len(text) > config.max_document_chars:
+        raise DocumentError(
+            f"the document has {len(text)} characters, over the limit of "
+            f"{config.max_document_chars} (--landmark-max-document-chars)"
+        )
+    if "\x00" in text:
+        raise DocumentError("the document contains NUL characters: binary data is not text")
+    return text

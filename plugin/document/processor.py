@@ -1,0 +1,205 @@
+"""vLLM's multimodal pieces for the "document" modality.
+
+In the API-server process these turn each document item into LLM token ids and a scaling
+factor k, and expand the document's one placeholder token into ceil(n / k) placeholders.
+The token ids and k travel to the workers as processed fields; the model turns them into
+embeddings (see `modeling.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import Any
+
+import torch
+from transformers import BatchFeature
+from vllm.exceptions import VLLMValidationError
+from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
+from vllm.multimodal.parse import MultiModalDataParser, ProcessorBatchItems
+from vllm.multimodal.processing import (
+    BaseDummyInputsBuilder,
+    BaseMultiModalProcessor,
+    BaseProcessingInfo,
+    PromptReplacement,
+)
+
+from ..compression.factors import DocumentTooLongError, choose_factor, num_soft_tokens
+from ..config import HF_CONFIG_KEY, LandmarkConfig
+from . import MODALITY
+from .items import DocumentError, normalize_document
+from .placeholder import Placeholder, choose_placeholder
+from .tokens import encode_document
+
+
+def config_from_hf(hf_config: Any) -> LandmarkConfig:
+    """The LandmarkConfig stored in a model's Hugging Face config."""
+    return LandmarkConfig.from_dict(getattr(hf_config, HF_CONFIG_KEY, None) or {})
+
+
+class DocumentItems(ProcessorBatchItems[dict]):
+    """Normalised document items of one prompt."""
+
+    def __init__(self, data: Sequence[dict]) -> None:
+        super().__init__(data, MODALITY)
+
+    def get_processor_data(self) -> Mapping[str, object]:
+        return {"documents": list(self.data)}
+
+
+class DocumentDataParser(MultiModalDataParser):
+    """vLLM's data parser plus a "document" subparser."""
+
+    def __init__(self, config: LandmarkConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.landmark_config = config
+
+    def _get_subparsers(self) -> Mapping[str, Any]:
+        return {**super()._get_subparsers(), MODALITY: self._parse_document_data}
+
+    def _parse_document_data(self, data: Any) -> DocumentItems:
+        items = data if isinstance(data, list) else [data]
+        try:
+            return DocumentItems([normalize_document(item, self.landmark_config) for item in items])
+        except DocumentError as exc:
+            raise VLLMValidationError(str(exc), parameter=MODALITY) from exc
+
+
+class DocumentProcessingInfo(BaseProcessingInfo):
+    """What vLLM needs to know about documents for this model."""
+
+    @cached_property
+    def landmark_config(self) -> LandmarkConfig:
+        return config_from_hf(self.get_hf_config())
+
+    @cached_property
+    def placeholder(self) -> Placeholder:
+        return choose_placeholder(self.get_tokenizer(), self.landmark_config.placeholder_token)
+
+    @property
+    def budget(self) -> int:
+        return self.landmark_config.resolved_budget(self.ctx.model_config.max_model_len)
+
+    def get_data_parser(self) -> MultiModalDataParser:
+        return DocumentDataParser(
+            self.landmark_config,
+            expected_hidden_size=self._get_expected_hidden_size(),
+            allow_missing_mm_embeddings=self.allow_missing_mm_embeddings,
+        )
+
+    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
+        return {MODALITY: None}
+
+    def get_mm_max_tokens_per_item(
+        self, seq_len: int, mm_counts: Mapping[str, int]
+    ) -> Mapping[str, int]:
+        # A document may fill the whole sequence; the encoder cache must hold it.
+        return {MODALITY: seq_len}
+
+    def document_token_ids(self, item: dict) -> list[int]:
+        """LLM token ids of a normalised item, with the hard length limit applied."""
+        if "token_ids" in item:
+            return list(item["token_ids"])
+        ids = encode_document(self.get_tokenizer(), item["text"])
+        if len(ids) > self.landmark_config.max_document_tokens:
+            raise VLLMValidationError(
+                f"the document has {len(ids)} tokens, over the limit of "
+                f"{self.landmark_config.max_document_tokens} (--landmark-max-document-tokens)",
+                parameter=MODALITY,
+            )
+        return list(ids)
+
+    def document_factor(self, item: dict, num_tokens: int) -> int:
+        """The scaling factor of one document: its own, else chosen from the budget."""
+        if "factor" in item:
+            return int(item["factor"])
+        try:
+            return choose_factor(num_tokens, self.budget, self.landmark_config)
+        except DocumentTooLongError as exc:
+            raise VLLMValidationError(str(exc), parameter=MODALITY) from exc
+
+
+class DocumentDummyInputsBuilder(BaseDummyInputsBuilder[DocumentProcessingInfo]):
+    """Dummy documents for vLLM's memory profiling."""
+
+    def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+        return self.info.placeholder.token * mm_counts.get(MODALITY, 0)
+
+    def get_dummy_mm_data(
+        self, seq_len: int, mm_counts: Mapping[str, int], mm_options: Any = None
+    ) -> dict[str, Any]:
+        count = mm_counts.get(MODALITY, 0)
+        if not count:
+            return {}
+        per_item = max(1, seq_len // count - 1)
+        filler = 0 if self.info.placeholder.token_id != 0 else 1
+        return {MODALITY: [{"token_ids": [filler] * per_item, "factor": 1}] * count}
+
+
+class DocumentMultiModalProcessor(BaseMultiModalProcessor[DocumentProcessingInfo]):
+    """Tokenizes documents, picks their factor, expands their placeholders."""
+
+    def _call_hf_processor(
+        self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
+    ) -> BatchFeature:
+        documents = list(hf_data.get("documents", []))  # type: ignore[call-overload]
+        token_ids: list[list[int]] = [self.info.document_token_ids(doc) for doc in documents]
+        factors = [self.info.document_factor(doc, len(ids)) for doc, ids in zip(documents, token_ids)]
+        flat = [t for ids in token_ids for t in ids]
+        return BatchFeature(
+            {
+                "document_token_ids": torch.tensor(flat, dtype=torch.long),
+                "document_num_tokens": torch.tensor([len(ids) for ids in token_ids]),
+                "document_factor": torch.tensor(factors),
+            }
+        )
+
+    def _get_mm_fields_config(
+        self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
+    ) -> Mapping[str, MultiModalFieldConfig]:
+        return {
+            "document_token_ids": MultiModalFieldConfig.flat_from_sizes(
+                MODALITY, hf_inputs.get("document_num_tokens", torch.empty(0, dtype=torch.long))
+            ),
+            "document_num_tokens": MultiModalFieldConfig.batched(MODALITY),
+            "document_factor": MultiModalFieldConfig.batched(MODALITY),
+        }
+
+    def _get_prompt_updates(
+        self,
+        mm_items: Any,
+        hf_processor_mm_kwargs: Mapping[str, object],
+        out_mm_kwargs: MultiModalKwargsItems,
+    ) -> Sequence[PromptReplacement]:
+        placeholder_id = self.info.placeholder.token_id
+        documents = out_mm_kwargs.get(MODALITY, [])
+
+        def replacement(item_idx: int) -> list[int]:
+            item = documents[item_idx]
+            num_tokens = int(item["document_num_tokens"].data)
+            factor = int(item["document_factor"].data)
+            return [placeholder_id] * num_soft_tokens(num_tokens, factor)
+
+        return [PromptReplacement(modality=MODALITY, target=[placeholder_id], replacement=replacement)]
+
+    def apply(self, inputs: Any, timing_ctx: Any) -> Any:
+        result = super().apply(inputs, timing_ctx)
+        self._check_window(result)
+        return result
+
+    def _check_window(self, result: Mapping[str, Any]) -> None:
+        """Reject a prompt that does not fit the model window, saying by how much and why."""
+        max_model_len = self.info.ctx.model_config.max_model_len
+        prompt_len = len(result["prompt_token_ids"])
+        if prompt_len < max_model_len:
+            return
+        ranges = result.get("mm_placeholders", {}).get(MODALITY, [])
+        soft = sum(r.length for r in ranges)
+        raise VLLMValidationError(
+            f"the prompt needs {prompt_len} tokens ({soft} soft tokens for {len(ranges)} "
+            f"document(s) + {prompt_len - soft} text tokens), {prompt_len - max_model_len + 1} "
+            f"more than the model window of {max_model_len} allows with room for one output "
+            f"token; lower --landmark-budget (now {self.info.budget} per document), allow "
+            "larger factors, or raise --max-model-len",
+            parameter=MODALITY,
+        )

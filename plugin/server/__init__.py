@@ -1,0 +1,1 @@
+"""The server layer: documents in OpenAI chat requests, and what the response reports."""

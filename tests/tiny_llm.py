@@ -1,0 +1,84 @@
+"""A tiny random Llama with an offline BPE tokenizer and a ChatML template, built at test time.
+
+Big enough for vLLM's CPU attention (head_dim 32), small enough to start in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|landmark_document|>"]
+
+_CORPUS_WORDS = ["the", "a", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "this", "which", "are", "be", "it", "an", "or", "document", "long", "question", "answer", "lighthouse", "railway", "station", "keeper", "year", "light", "beacon", "north", "south", "east", "west", "river", "mountain", "valley", "city", "village", "harbour", "ship", "storm", "winter", "summer", "tower", "stone", "bridge", "road", "train", "engine", "signal", "track", "line", "number", "first", "second", "third", "built", "opened", "closed", "history", "record", "report", "name", "called", "known", "during", "after", "before", "between", "about", "what", "when", "where", "who", "how", "many", "capital", "France", "Paris", "Berlin"]
+
+
+def _corpus() -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    lines = []
+    for _ in range(3000):
+        words = [rng.choice(_CORPUS_WORDS) for _ in range(rng.randint(5, 20))]
+        lines.append(" ".join(words) + rng.choice([".", "?", "!", ","]) + f" {rng.randint(0, 2000)}")
+    return lines
+
+
+def build_tiny_llama(folder: Path, *, seed: int = 0, max_position_embeddings: int = 2048) -> Path:
+    """Write config, random safetensors weights, tokenizer and chat template into `folder`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|landmark_document|>"],
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.save_pretrained(folder)
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=10000.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # larger logits margins make greedy decoding robust to float noise
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    data = json.loads((folder / "config.json").read_text())
+    data.setdefault("rope_theta", 10000.0)
+    (folder / "config.json").write_text(json.dumps(data, indent=2))
+    return folder
