@@ -18,23 +18,50 @@ _APPLIED_FLAG = "_vllm_landmark_patched"
 
 #: (flag, LandmarkConfig field, type, help)
 FLAGS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--landmark-budget", "budget", int,
-     "Soft tokens one document may take in the prompt (default: half of --max-model-len)."),
-    ("--landmark-factor", "factor", int,
-     "Force one scaling factor k for every document (1, 2, 4, 8, 16 or 32). Default: the "
-     "smallest allowed factor that fits the budget."),
-    ("--landmark-factors", "factors", None,
-     "Comma-separated factors the planner may choose from (default: 1,2,4,8,16,32)."),
-    ("--landmark-embedder", "embedder", str,
-     "'mean-baseline' (untrained mean of k token embeddings) or a trained embedder folder."),
-    ("--landmark-retriever", "retriever", str,
-     "BGE-M3-layout folder used to rank document spans."),
-    ("--landmark-max-document-tokens", "max_document_tokens", int,
-     "Hard limit on one document's length in LLM tokens."),
-    ("--landmark-max-document-chars", "max_document_chars", int,
-     "Hard limit on one document's length in characters (checked before tokenizing)."),
-    ("--landmark-placeholder-token", "placeholder_token", str,
-     "Special token that marks a document in the prompt (default: an unused special token)."),
+    (
+        "--landmark-budget",
+        "budget",
+        int,
+        "Soft tokens one document may take in the prompt (default: half of --max-model-len).",
+    ),
+    (
+        "--landmark-factor",
+        "factor",
+        int,
+        "Force one scaling factor k for every document (1, 2, 4, 8, 16 or 32). Default: the "
+        "smallest allowed factor that fits the budget.",
+    ),
+    (
+        "--landmark-factors",
+        "factors",
+        None,
+        "Comma-separated factors the planner may choose from (default: 1,2,4,8,16,32).",
+    ),
+    (
+        "--landmark-embedder",
+        "embedder",
+        str,
+        "'mean-baseline' (untrained mean of k token embeddings) or a trained embedder folder.",
+    ),
+    ("--landmark-retriever", "retriever", str, "BGE-M3-layout folder used to rank document spans."),
+    (
+        "--landmark-max-document-tokens",
+        "max_document_tokens",
+        int,
+        "Hard limit on one document's length in LLM tokens.",
+    ),
+    (
+        "--landmark-max-document-chars",
+        "max_document_chars",
+        int,
+        "Hard limit on one document's length in characters (checked before tokenizing).",
+    ),
+    (
+        "--landmark-placeholder-token",
+        "placeholder_token",
+        str,
+        "Special token that marks a document in the prompt (default: an unused special token).",
+    ),
 )
 
 
@@ -51,9 +78,7 @@ def add_landmark_arguments(parser: Any) -> Any:
     """Add the plugin's flags to a vLLM argument parser (once)."""
     if "--landmark" in getattr(parser, "_option_string_actions", {}):
         return parser
-    group = parser.add_argument_group(
-        "vllm-landmark", "Long documents as soft tokens."
-    )
+    group = parser.add_argument_group("vllm-landmark", "Long documents as soft tokens.")
     group.add_argument(
         "--landmark",
         action="store_true",
@@ -62,8 +87,9 @@ def add_landmark_arguments(parser: Any) -> Any:
         "(file/document parts, `documents`) injected as soft tokens.",
     )
     for flag, _field, kind, help_text in FLAGS:
-        group.add_argument(flag, type=_parse_factors if kind is None else kind, default=None,
-                           help=help_text)
+        group.add_argument(
+            flag, type=_parse_factors if kind is None else kind, default=None, help=help_text
+        )
     return parser
 
 

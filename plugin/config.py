@@ -62,7 +62,7 @@ class LandmarkConfig:
     def validate(self) -> None:
         """Raise LandmarkConfigError naming the first invalid setting."""
         if not self.factors:
-            raise LandmarkConfigError("factors is empty; allowed factors are " f"{ALLOWED_FACTORS}")
+            raise LandmarkConfigError(f"factors is empty; allowed factors are {ALLOWED_FACTORS}")
         bad = [k for k in self.factors if k not in ALLOWED_FACTORS]
         if bad:
             raise LandmarkConfigError(
@@ -109,7 +109,9 @@ class LandmarkConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise LandmarkConfigError(f"unknown landmark settings {unknown}; known: {sorted(known)}")
+            raise LandmarkConfigError(
+                f"unknown landmark settings {unknown}; known: {sorted(known)}"
+            )
         if "factors" in data:
             data["factors"] = tuple(data["factors"])
         return cls(**data)

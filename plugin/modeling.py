@@ -97,7 +97,7 @@ class LandmarkForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
         token_embeds = self.language_model.embed_input_ids(flat)
         return [
             mean_pool_groups(doc_embeds, factor)
-            for doc_embeds, factor in zip(torch.split(token_embeds, sizes), factors)
+            for doc_embeds, factor in zip(torch.split(token_embeds, sizes), factors, strict=True)
         ]
 
     def forward(

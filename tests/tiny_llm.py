@@ -16,7 +16,93 @@ CHATML_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|landmark_document|>"]
 
-_CORPUS_WORDS = ["the", "a", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "this", "which", "are", "be", "it", "an", "or", "document", "long", "question", "answer", "lighthouse", "railway", "station", "keeper", "year", "light", "beacon", "north", "south", "east", "west", "river", "mountain", "valley", "city", "village", "harbour", "ship", "storm", "winter", "summer", "tower", "stone", "bridge", "road", "train", "engine", "signal", "track", "line", "number", "first", "second", "third", "built", "opened", "closed", "history", "record", "report", "name", "called", "known", "during", "after", "before", "between", "about", "what", "when", "where", "who", "how", "many", "capital", "France", "Paris", "Berlin"]
+_CORPUS_WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "this",
+    "which",
+    "are",
+    "be",
+    "it",
+    "an",
+    "or",
+    "document",
+    "long",
+    "question",
+    "answer",
+    "lighthouse",
+    "railway",
+    "station",
+    "keeper",
+    "year",
+    "light",
+    "beacon",
+    "north",
+    "south",
+    "east",
+    "west",
+    "river",
+    "mountain",
+    "valley",
+    "city",
+    "village",
+    "harbour",
+    "ship",
+    "storm",
+    "winter",
+    "summer",
+    "tower",
+    "stone",
+    "bridge",
+    "road",
+    "train",
+    "engine",
+    "signal",
+    "track",
+    "line",
+    "number",
+    "first",
+    "second",
+    "third",
+    "built",
+    "opened",
+    "closed",
+    "history",
+    "record",
+    "report",
+    "name",
+    "called",
+    "known",
+    "during",
+    "after",
+    "before",
+    "between",
+    "about",
+    "what",
+    "when",
+    "where",
+    "who",
+    "how",
+    "many",
+    "capital",
+    "France",
+    "Paris",
+    "Berlin",
+]
 
 
 def _corpus() -> list[str]:
@@ -26,7 +112,9 @@ def _corpus() -> list[str]:
     lines = []
     for _ in range(3000):
         words = [rng.choice(_CORPUS_WORDS) for _ in range(rng.randint(5, 20))]
-        lines.append(" ".join(words) + rng.choice([".", "?", "!", ","]) + f" {rng.randint(0, 2000)}")
+        lines.append(
+            " ".join(words) + rng.choice([".", "?", "!", ","]) + f" {rng.randint(0, 2000)}"
+        )
     return lines
 
 

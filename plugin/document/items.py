@@ -52,7 +52,9 @@ def normalize_document(item: Any, config: LandmarkConfig) -> dict[str, Any]:
     if item.get("factor") is not None:
         factor = item["factor"]
         if factor not in ALLOWED_FACTORS:
-            raise DocumentError(f"factor={factor!r} is not allowed; choose one of {ALLOWED_FACTORS}")
+            raise DocumentError(
+                f"factor={factor!r} is not allowed; choose one of {ALLOWED_FACTORS}"
+            )
         out["factor"] = int(factor)
     return out
 

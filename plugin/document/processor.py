@@ -144,7 +144,10 @@ class DocumentMultiModalProcessor(BaseMultiModalProcessor[DocumentProcessingInfo
     ) -> BatchFeature:
         documents = list(hf_data.get("documents", []))  # type: ignore[call-overload]
         token_ids: list[list[int]] = [self.info.document_token_ids(doc) for doc in documents]
-        factors = [self.info.document_factor(doc, len(ids)) for doc, ids in zip(documents, token_ids)]
+        factors = [
+            self.info.document_factor(doc, len(ids))
+            for doc, ids in zip(documents, token_ids, strict=True)
+        ]
         flat = [t for ids in token_ids for t in ids]
         return BatchFeature(
             {
@@ -180,7 +183,9 @@ class DocumentMultiModalProcessor(BaseMultiModalProcessor[DocumentProcessingInfo
             factor = int(item["document_factor"].data)
             return [placeholder_id] * num_soft_tokens(num_tokens, factor)
 
-        return [PromptReplacement(modality=MODALITY, target=[placeholder_id], replacement=replacement)]
+        return [
+            PromptReplacement(modality=MODALITY, target=[placeholder_id], replacement=replacement)
+        ]
 
     def apply(self, inputs: Any, timing_ctx: Any) -> Any:
         result = super().apply(inputs, timing_ctx)

@@ -17,7 +17,9 @@ def landmark_block(info: Any, documents: list[dict[str, Any]]) -> dict[str, Any]
     for item in documents:
         raw = len(info.document_token_ids(item))
         factor = info.document_factor(item, raw)
-        rows.append({"raw_tokens": raw, "factor": factor, "injected_tokens": num_soft_tokens(raw, factor)})
+        rows.append(
+            {"raw_tokens": raw, "factor": factor, "injected_tokens": num_soft_tokens(raw, factor)}
+        )
     return {
         "documents": rows,
         "raw_document_tokens": sum(r["raw_tokens"] for r in rows),
