@@ -10,7 +10,8 @@
 #
 # torch comes from the local CPU wheel in /opt/wheels when that folder exists (the CPU-only
 # torch==2.13.0+cpu); elsewhere from the configured indexes. Uses uv when available (about
-# 1 min here), plain venv + pip otherwise (several minutes).
+# 30-40 s here, 1.7 GB), plain venv + pip otherwise or with M3REF_USE_PIP=1 (about 1 min here
+# with the local mirror, several minutes from PyPI).
 set -euo pipefail
 
 VENV="${1:-/tmp/m3ref-venv}"
@@ -22,7 +23,7 @@ if [[ -d /opt/wheels ]]; then
 fi
 
 start=$(date +%s)
-if command -v uv >/dev/null 2>&1; then
+if [[ "${M3REF_USE_PIP:-0}" != 1 ]] && command -v uv >/dev/null 2>&1; then
     uv venv --allow-existing -p "$PY_VERSION" "$VENV"
     uv pip install -p "$VENV/bin/python" "${FIND_LINKS[@]}" --compile-bytecode "${REQS[@]}"
 else

@@ -158,6 +158,7 @@ def _wrap_create_chat_completion(original: Any) -> Any:
     @functools.wraps(original)
     async def create_chat_completion(self: Any, request: Any, *args: Any, **kwargs: Any):
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
+
         from vllm_landmark.server.report import landmark_block
 
         collected: list[tuple[Any, dict]] = []

@@ -16,10 +16,13 @@ import time
 from importlib import resources
 
 
-def _cpu_defaults() -> None:
+def _cpu_defaults(in_process: bool = False) -> None:
     """Settings the CPU build needs that users should not have to know about."""
     if os.environ.get("VLLM_CPU_KVCACHE_SPACE") is None:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    if in_process and os.environ.get("OMP_NUM_THREADS") is None:
+        # An in-process engine otherwise drops to one thread; use every core we may use.
+        os.environ["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
 
 
 def _is_cpu_build() -> bool:
@@ -82,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if _is_cpu_build():
-        _cpu_defaults()
+        _cpu_defaults(in_process=True)
     from rich.console import Console
 
     from .config import LandmarkConfig
@@ -107,6 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         dtype="float32" if _is_cpu_build() else "auto",
         max_model_len=args.max_model_len,
         enable_prefix_caching=False,
+        enforce_eager=args.eager,
         **engine_kwargs(config),
     )
     console.print(f"[dim]engine ready in {time.perf_counter() - started:.1f} s[/dim]")
@@ -114,8 +118,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         {
             "role": "user",
             "content": [
-                {"type": "document", "document": {"text": document}},
-                {"type": "text", "text": question},
+                {"type": "document", "document": {"text": document.rstrip()}},
+                {"type": "text", "text": f"\n\nQuestion: {question}\nAnswer briefly."},
             ],
         }
     ]
@@ -159,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-model-len", type=int, default=8192)
     demo.add_argument("--max-tokens", type=int, default=48)
     demo.add_argument("--check", action="store_true", help="exit 1 if the answer is wrong")
+    demo.add_argument(
+        "--no-eager",
+        dest="eager",
+        action="store_false",
+        help="compile the model (slower start, faster decoding)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

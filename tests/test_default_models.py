@@ -11,6 +11,7 @@ import time
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: never touch the hub
 
 import pytest
+
 from vllm_landmark.default_models import (
     DEFAULT_LLM_NAME,
     MARKER_FILE,

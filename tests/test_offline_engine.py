@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.documents import make_document
 from vllm_landmark import LandmarkConfig, engine_kwargs
 from vllm_landmark.compression.baseline import mean_pool_groups
 from vllm_landmark.compression.factors import choose_factor, num_soft_tokens
-
-from tests.documents import make_document
 
 WINDOW = 512
 BUDGET = 128

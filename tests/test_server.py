@@ -8,11 +8,11 @@ import concurrent.futures
 import openai
 import pytest
 from transformers import AutoTokenizer
-from vllm_landmark import LandmarkConfig
-from vllm_landmark.compression.factors import choose_factor, num_soft_tokens
 
 from tests.conftest import TINY_BUDGET, TINY_MAX_DOC_CHARS, TINY_MAX_DOC_TOKENS, TINY_WINDOW
 from tests.documents import make_document
+from vllm_landmark import LandmarkConfig
+from vllm_landmark.compression.factors import choose_factor, num_soft_tokens
 
 QUESTION = "what did the keeper write in the record?"
 

@@ -50,7 +50,10 @@ def test_offline_k1_matches_pasted_text(smollm2: Path, document: str) -> None:
     )
     try:
         params = SamplingParams(temperature=0.0, max_tokens=32)
-        content = [{"type": "document", "document": {"text": document}}, {"type": "text", "text": QUESTION}]
+        content = [
+            {"type": "document", "document": {"text": document}},
+            {"type": "text", "text": QUESTION},
+        ]
         injected = llm.chat([{"role": "user", "content": content}], params)[0]
         pasted = llm.chat([{"role": "user", "content": document + "\n" + QUESTION}], params)[0]
         assert len(injected.prompt_token_ids) == len(pasted.prompt_token_ids) > 600
@@ -71,7 +74,9 @@ def smollm2_server(smollm2: Path, tmp_path_factory) -> Iterator[ServerProcess]:
         yield server
 
 
-def test_server_k1_matches_pasted_text(smollm2_server: ServerProcess, smollm2: Path, document: str) -> None:
+def test_server_k1_matches_pasted_text(
+    smollm2_server: ServerProcess, smollm2: Path, document: str
+) -> None:
     client = openai.OpenAI(base_url=smollm2_server.base_url, api_key="unused", max_retries=0)
     encoded = base64.b64encode(document.encode()).decode()
     part = {"type": "file", "file": {"file_data": f"data:text/markdown;base64,{encoded}"}}

@@ -24,25 +24,57 @@ from pathlib import Path
 
 import torch
 
-WORDS: dict[str, list[str]] = {
-    "en": ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her", "it", "this", "which", "are", "document", "river", "mountain", "city", "language", "history", "science", "music", "computer", "network", "energy", "question", "answer", "long", "context", "retrieval", "embedding", "sentence", "paragraph", "chapter", "library", "winter", "summer", "garden", "window", "bridge", "market", "teacher", "student", "doctor", "engine", "train"],
-    "de": ["der", "die", "das", "und", "ist", "nicht", "ein", "eine", "mit", "von", "zu", "den", "auf", "für", "sich", "dem", "des", "im", "Straße", "Fluss", "Berg", "Stadt", "Sprache", "Geschichte", "Wissenschaft", "Musik", "Rechner", "Netzwerk", "Energie", "Frage", "Antwort", "Dokument", "Kapitel", "Bücherei", "Winter", "Sommer", "Garten", "Fenster", "Brücke", "Markt", "Lehrer", "Schüler", "Ärztin", "Maschine", "Zug", "größer", "schön", "über", "fünf", "Übersetzung"],
-    "fr": ["le", "la", "les", "de", "des", "et", "est", "une", "un", "pour", "dans", "sur", "avec", "pas", "que", "qui", "rivière", "montagne", "ville", "langue", "histoire", "science", "musique", "ordinateur", "réseau", "énergie", "question", "réponse", "document", "chapitre", "bibliothèque", "hiver", "été", "jardin", "fenêtre", "pont", "marché", "élève", "médecin", "où", "très"],
-    "es": ["el", "la", "los", "las", "de", "y", "es", "un", "una", "para", "en", "con", "por", "que", "río", "montaña", "ciudad", "lengua", "historia", "ciencia", "música", "computadora", "red", "energía", "pregunta", "respuesta", "documento", "capítulo", "niño", "biblioteca", "invierno", "verano", "jardín", "ventana", "puente", "mercado", "maestro", "año", "señor"],
-    "ru": ["и", "в", "не", "на", "что", "с", "по", "это", "как", "он", "она", "они", "был", "была", "город", "река", "гора", "язык", "история", "наука", "музыка", "компьютер", "сеть", "энергия", "вопрос", "ответ", "документ", "глава", "библиотека", "зима", "лето", "сад", "окно", "мост", "рынок", "учитель", "студент", "врач", "поезд", "большой", "красивый"],
-    "zh": list(
-        "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工"
-        "也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小"
-        "物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形"
-        "相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建"
-        "月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长"
-        "文档检索长上下文河流城市语言历史科学音乐计算机网络能量问题答案"
+# Words per language (split on spaces; Chinese is split into characters below).
+_WORD_TEXT: dict[str, str] = {
+    "en": (
+        "the of and to in is was for on that with as by at from his her it this which are "
+        "document river mountain city language history science music computer network energy "
+        "question answer long context retrieval embedding sentence paragraph chapter library "
+        "winter summer garden window bridge market teacher student doctor engine train"
     ),
-    "ja": ["これ", "は", "日本語", "の", "文章", "です", "長い", "文書", "を", "読む", "質問", "に", "答える", "川", "山", "町", "言葉", "歴史", "科学", "音楽", "コンピュータ", "ネットワーク", "エネルギー", "図書館", "冬", "夏", "庭", "窓", "橋", "市場", "先生", "学生", "医者", "電車", "ひらがな", "カタカナ", "そして", "しかし", "とても"],
-    "el": ["και", "το", "η", "της", "των", "στο", "από", "για", "με", "ποτάμι", "βουνό", "πόλη", "γλώσσα", "ιστορία", "επιστήμη", "μουσική", "δίκτυο", "ενέργεια", "ερώτηση", "απάντηση", "έγγραφο", "κεφάλαιο", "βιβλιοθήκη"],
+    "de": (
+        "der die das und ist nicht ein eine mit von zu den auf für sich dem des im Straße "
+        "Fluss Berg Stadt Sprache Geschichte Wissenschaft Musik Rechner Netzwerk Energie "
+        "Frage Antwort Dokument Kapitel Bücherei Winter Sommer Garten Fenster Brücke Markt "
+        "Lehrer Schüler Ärztin Maschine Zug größer schön über fünf Übersetzung"
+    ),
+    "fr": (
+        "le la les de des et est une un pour dans sur avec pas que qui rivière montagne ville "
+        "langue histoire science musique ordinateur réseau énergie question réponse document "
+        "chapitre bibliothèque hiver été jardin fenêtre pont marché élève médecin où très"
+    ),
+    "es": (
+        "el la los las de y es un una para en con por que río montaña ciudad lengua historia "
+        "ciencia música computadora red energía pregunta respuesta documento capítulo niño "
+        "biblioteca invierno verano jardín ventana puente mercado maestro año señor"
+    ),
+    "ru": (
+        "и в не на что с по это как он она они был была город река гора язык история наука "
+        "музыка компьютер сеть энергия вопрос ответ документ глава библиотека зима лето сад "
+        "окно мост рынок учитель студент врач поезд большой красивый"
+    ),
+    "zh": (
+        "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能"
+        "下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加"
+        "量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与"
+        "关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者"
+        "最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长文档检索长上下文河流"
+        "城市语言历史科学音乐计算机网络能量问题答案"
+    ),
+    "ja": (
+        "これ は 日本語 の 文章 です 長い 文書 を 読む 質問 に 答える 川 山 町 言葉 歴史 科学 音楽 コンピュータ ネットワーク エネルギー 図書館 冬 夏 庭 "
+        "窓 橋 市場 先生 学生 医者 電車 ひらがな カタカナ そして しかし とても"
+    ),
+    "el": (
+        "και το η της των στο από για με ποτάμι βουνό πόλη γλώσσα ιστορία επιστήμη μουσική "
+        "δίκτυο ενέργεια ερώτηση απάντηση έγγραφο κεφάλαιο βιβλιοθήκη"
+    ),
+}
+WORDS: dict[str, list[str]] = {
+    lang: list(text) if lang == "zh" else text.split() for lang, text in _WORD_TEXT.items()
 }
 _NO_SPACE = {"zh", "ja"}
-_PUNCT = [".", ",", "!", "?", ";", ":", "。", "、", "？", "(", ")", "\"", "'", "-", "%"]
+_PUNCT = [".", ",", "!", "?", ";", ":", "。", "、", "？", "(", ")", '"', "'", "-", "%"]
 
 
 def generate_sentence(rng: random.Random, lang: str, n_words: int | None = None) -> str:
@@ -213,11 +245,15 @@ def build_tiny_m3(
         generator = torch.Generator().manual_seed(seed + 1)
         sparse = torch.nn.Linear(hidden_size, 1)
         colbert = torch.nn.Linear(hidden_size, colbert_dim or hidden_size)
+        # Center both heads on the mean hidden state, so that about half of the lexical
+        # weights are > 0 and multi-vector similarities take both signs (a random head on
+        # raw hidden states gives nearly all-positive similarities, which hides bugs).
+        mean_hidden = _mean_hidden_state(model, out, seed)
         with torch.no_grad():
             for lin in (sparse, colbert):
                 bound = 1.0 / hidden_size**0.5
                 lin.weight.uniform_(-bound, bound, generator=generator)
-                lin.bias.uniform_(-bound, bound, generator=generator)
+                lin.bias.copy_(-(lin.weight @ mean_hidden))
         for name, lin in (("sparse_linear", sparse), ("colbert_linear", colbert)):
             state = {k: v.detach().clone().contiguous() for k, v in lin.state_dict().items()}
             if heads_format == "pt":
@@ -227,8 +263,25 @@ def build_tiny_m3(
 
                 save_file(state, str(out / f"{name}.safetensors"))
             else:
-                raise ValueError(f"heads_format must be 'pt' or 'safetensors', not {heads_format!r}")
+                raise ValueError(
+                    f"heads_format must be 'pt' or 'safetensors', not {heads_format!r}"
+                )
     return out
+
+
+def _mean_hidden_state(model: torch.nn.Module, folder: Path, seed: int) -> torch.Tensor:
+    """Mean last hidden state over the tokens of a few generated texts."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    rng = random.Random(seed + 2)
+    states = []
+    with torch.no_grad():
+        for _ in range(16):
+            ids = tok.encode(generate_text(rng, 2)).ids
+            hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+            states.append(hidden)
+    return torch.cat(states).mean(dim=0)
 
 
 def main() -> None:

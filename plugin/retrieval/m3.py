@@ -1,0 +1,561 @@
+"""BGE-M3 encoder: dense, lexical (sparse) and multi-vector (ColBERT) outputs from one forward.
+
+Score definitions follow FlagEmbedding 1.4.2 (``BGEM3FlagModel``), the parity reference:
+
+* dense: the normalized ``[CLS]`` vector; score = inner product.
+* lexical weights: ``relu(sparse_linear(h))`` per token, the maximum per token id, keyed by
+  ``str(token_id)``; ids of the cls/eos/pad/unk tokens and weights <= 0 are dropped (``<mask>``
+  and other special tokens are kept, as in FlagEmbedding). Score = sum over shared ids of the
+  product of the two weights.
+* multi-vector: ``normalize(colbert_linear(h))`` for every token after ``[CLS]`` (the final
+  ``</s>`` included), so a text of ``n`` tokens gives ``n - 1`` vectors. Score = for every query
+  vector the best inner product with any passage vector, summed, divided by the number of query
+  vectors.
+* hybrid: ``sum(w_i * s_i) / sum(w_i)`` over the scores used.
+
+Differences from FlagEmbedding, on purpose:
+
+* ``encode`` does not truncate unless asked (``truncation=True``); FlagEmbedding silently cuts
+  every text at 512 tokens. An input longer than the limit is an error.
+* Empty or whitespace-only texts are errors (FlagEmbedding encodes them as ``<s></s>``).
+* Lone UTF-16 surrogates (``"\\ud800"``, which Python strings can hold but UTF-8 cannot encode,
+  and which make the tokenizer raise) are replaced with U+FFFD; a high+low surrogate pair is
+  joined into the character it encodes.
+* ``compute_score`` scores every pair on its own. FlagEmbedding scores a batch of pairs with
+  zero vectors standing in for the padding of shorter passages, so there the ColBERT maximum
+  of a query token over a shorter passage is never below 0 (only visible when similarities
+  are negative). Its default weights are ``[1, 1, 1]``; here they are ``DEFAULT_WEIGHTS``.
+* The tokenizer is read from ``tokenizer.json`` as written (as transformers 4 did, and so
+  FlagEmbedding). transformers 5's ``XLMRobertaTokenizer`` rebuilds its own pipeline from the
+  vocabulary, which tokenizes trailing spaces and spaces before special tokens differently.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "M3Encoder",
+    "M3Output",
+    "MissingHeadError",
+    "colbert_score",
+    "dense_score",
+    "hybrid_score",
+    "lexical_matching_score",
+]
+
+#: Default hybrid weights for (dense, sparse, colbert), as recommended for BGE-M3.
+DEFAULT_WEIGHTS: tuple[float, float, float] = (0.4, 0.2, 0.4)
+
+#: File names of the two heads inside a BGE-M3 folder (``.pt`` first, as FlagEmbedding reads).
+HEAD_FILES: dict[str, tuple[str, ...]] = {
+    "sparse_linear": ("sparse_linear.pt", "sparse_linear.safetensors"),
+    "colbert_linear": ("colbert_linear.pt", "colbert_linear.safetensors"),
+}
+
+# Model types whose position ids start after the padding index (RoBERTa family).
+_OFFSET_POSITION_MODELS = {"xlm-roberta", "roberta", "camembert", "xlm-roberta-xl"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+ScoreKey = Literal["colbert", "sparse", "dense", "sparse+dense", "colbert+sparse+dense"]
+
+
+class MissingHeadError(RuntimeError):
+    """Raised when a sparse or multi-vector output is asked of a folder without that head."""
+
+
+@dataclass
+class M3Output:
+    """Outputs of :meth:`M3Encoder.encode`, one entry per input text, in input order.
+
+    ``dense_vecs``: array ``(n_texts, hidden)``; ``lexical_weights``: ``{str(token_id): weight}``
+    per text; ``colbert_vecs``: array ``(n_tokens - 1, colbert_dim)`` per text; ``input_ids``:
+    the token ids the encoder saw (special tokens included). Outputs not asked for are ``None``.
+    """
+
+    dense_vecs: np.ndarray
+    lexical_weights: list[dict[str, float]] | None
+    colbert_vecs: list[np.ndarray] | None
+    input_ids: list[list[int]]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The three outputs under FlagEmbedding's keys."""
+        return {
+            "dense_vecs": self.dense_vecs,
+            "lexical_weights": self.lexical_weights,
+            "colbert_vecs": self.colbert_vecs,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores
+# ----------------------------------------------------------------------------------------------
+
+
+def dense_score(q: np.ndarray | torch.Tensor, p: np.ndarray | torch.Tensor) -> float | np.ndarray:
+    """Inner product of dense vectors: a float for two vectors, ``q @ p.T`` for matrices."""
+    qa, pa = np.asarray(q, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    if qa.ndim == 1 and pa.ndim == 1:
+        return float(qa @ pa)
+    return np.atleast_2d(qa) @ np.atleast_2d(pa).T
+
+
+def lexical_matching_score(q: Mapping[str, float], p: Mapping[str, float]) -> float:
+    """Sum over the token ids present in both of the product of their lexical weights."""
+    if len(p) < len(q):
+        q, p = p, q
+    return float(sum(float(w) * float(p[t]) for t, w in q.items() if t in p))
+
+
+def colbert_score(q_vecs: np.ndarray | torch.Tensor, p_vecs: np.ndarray | torch.Tensor) -> float:
+    """Late interaction: mean over query vectors of the best inner product with a passage vector."""
+    qa, pa = np.asarray(q_vecs, dtype=np.float64), np.asarray(p_vecs, dtype=np.float64)
+    if qa.ndim != 2 or pa.ndim != 2 or len(qa) == 0 or len(pa) == 0:
+        raise ValueError(
+            f"colbert_score needs two non-empty 2-D arrays, got shapes {qa.shape} and {pa.shape}"
+        )
+    return float((qa @ pa.T).max(axis=1).sum() / len(qa))
+
+
+def _check_weights(weights: Sequence[float] | None) -> tuple[float, float, float]:
+    w = DEFAULT_WEIGHTS if weights is None else tuple(float(x) for x in weights)
+    if len(w) != 3:
+        raise ValueError(f"weights are (dense, sparse, colbert): 3 numbers, got {len(w)}")
+    if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all 0, got {w}")
+    return w  # type: ignore[return-value]
+
+
+def hybrid_score(
+    dense: float | None = None,
+    sparse: float | None = None,
+    colbert: float | None = None,
+    weights: Sequence[float] | None = None,
+) -> float:
+    """Weighted mean of the scores given: ``sum(w * s) / sum(w)`` over the non-``None`` ones.
+
+    ``weights`` are (dense, sparse, colbert), default :data:`DEFAULT_WEIGHTS`.
+    """
+    w = _check_weights(weights)
+    used = [(wi, s) for wi, s in zip(w, (dense, sparse, colbert), strict=True) if s is not None]
+    total = sum(wi for wi, _ in used)
+    if not used or total <= 0:
+        raise ValueError("hybrid_score needs at least one score with a weight > 0")
+    return float(sum(wi * s for wi, s in used) / total)
+
+
+# ----------------------------------------------------------------------------------------------
+# Text checks
+# ----------------------------------------------------------------------------------------------
+
+
+def clean_text(text: str, index: int = 0) -> str:
+    """Check one input text; replace lone surrogates with U+FFFD (pairs become their character).
+
+    Raises ``TypeError`` for non-strings and ``ValueError`` for empty or whitespace-only text.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text {index} must be a str, got {type(text).__name__}")
+    if _SURROGATE.search(text):
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if not text.strip():
+        raise ValueError(f"text {index} is empty or whitespace only: nothing to encode")
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder
+# ----------------------------------------------------------------------------------------------
+
+
+def _resolve_folder(model_path: str | Path) -> Path:
+    path = Path(model_path).expanduser()
+    if path.is_dir():
+        return path
+    if str(model_path).count("/") == 1 and not path.exists():
+        # A Hugging Face repo id: look in the local cache only, never download.
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(str(model_path), local_files_only=True))
+        except Exception as exc:  # noqa: BLE001 - any failure means "not in the cache"
+            raise FileNotFoundError(
+                f"{model_path!r} is not a folder and not in the local Hugging Face cache"
+            ) from exc
+    raise FileNotFoundError(f"BGE-M3 model folder not found: {model_path}")
+
+
+def _load_head(folder: Path, name: str) -> dict[str, torch.Tensor] | None:
+    for file_name in HEAD_FILES[name]:
+        file = folder / file_name
+        if not file.is_file():
+            continue
+        if file.suffix == ".pt":
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        else:
+            from safetensors.torch import load_file
+
+            state = load_file(str(file), device="cpu")
+        if not isinstance(state, Mapping) or "weight" not in state:
+            raise ValueError(f"{file} is not a Linear state dict (no 'weight' entry)")
+        unknown = set(state) - {"weight", "bias"}
+        if unknown:
+            raise ValueError(f"{file} has unexpected entries {sorted(unknown)}")
+        return dict(state)
+    return None
+
+
+def _linear_from_state(
+    state: dict[str, torch.Tensor], in_features: int, out_features: int | None, file: str
+) -> torch.nn.Linear:
+    weight = state["weight"]
+    if weight.ndim != 2 or weight.shape[1] != in_features:
+        raise ValueError(
+            f"{file}: weight shape {tuple(weight.shape)} does not fit hidden size {in_features}"
+        )
+    if out_features is not None and weight.shape[0] != out_features:
+        raise ValueError(
+            f"{file}: weight shape {tuple(weight.shape)}, expected {out_features} rows"
+        )
+    linear = torch.nn.Linear(in_features, weight.shape[0], bias="bias" in state)
+    linear.load_state_dict(state)
+    return linear
+
+
+class M3Encoder:
+    """A BGE-M3 encoder loaded from a local folder (encoder + tokenizer + optional heads).
+
+    One forward pass gives the dense vector, the lexical weights and the multi-vector output.
+    Texts are batched longest first; a batch holds at most ``batch_size`` texts and
+    ``max_batch_tokens`` padded tokens (a padded batch needs an attention mask, and masked
+    attention on the CPU costs memory in ``batch * length**2``; a text alone needs none).
+    A folder without ``sparse_linear`` / ``colbert_linear`` is accepted with a warning; asking
+    for the missing output raises :class:`MissingHeadError` (heads are never made up at random).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 16,
+        max_batch_tokens: int = 8192,
+        attn_implementation: str = "sdpa",
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
+
+        self.path = _resolve_folder(model_path)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+
+        if (self.path / "tokenizer.json").is_file():
+            # The file's own pipeline, exactly as transformers 4 (and FlagEmbedding) apply it.
+            self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.path))
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        self.model = AutoModel.from_pretrained(
+            str(self.path), dtype=dtype, attn_implementation=attn_implementation
+        )
+        self.model.to(self.device).eval()
+        config = self.model.config
+        self.hidden_size: int = config.hidden_size
+
+        missing = []
+        self.sparse_linear: torch.nn.Linear | None = None
+        self.colbert_linear: torch.nn.Linear | None = None
+        sparse_state = _load_head(self.path, "sparse_linear")
+        if sparse_state is None:
+            missing.append("sparse_linear")
+        else:
+            self.sparse_linear = _linear_from_state(
+                sparse_state, self.hidden_size, 1, "sparse_linear"
+            )
+        colbert_state = _load_head(self.path, "colbert_linear")
+        if colbert_state is None:
+            missing.append("colbert_linear")
+        else:
+            self.colbert_linear = _linear_from_state(
+                colbert_state, self.hidden_size, None, "colbert_linear"
+            )
+        for head in (self.sparse_linear, self.colbert_linear):
+            if head is not None:
+                head.to(device=self.device, dtype=dtype).eval()
+        if missing:
+            lost = {"sparse_linear": "lexical weights", "colbert_linear": "multi-vector output"}
+            files = " / ".join(name for m in missing for name in HEAD_FILES[m])
+            how = "dense-only" if len(missing) == 2 else f"without {missing[0]}"
+            warnings.warn(
+                f"BGE-M3 folder {self.path} has no {files}: loaded {how}; "
+                f"{' and '.join(lost[m] for m in missing)} unavailable (asking for them raises "
+                "MissingHeadError)",
+                UserWarning,
+                stacklevel=2,
+            )
+
+        # Ids whose lexical weight is always dropped (same set as FlagEmbedding).
+        tok = self.tokenizer
+        self.unused_token_ids: frozenset[int] = frozenset(
+            tok.convert_tokens_to_ids(getattr(tok, name))
+            for name in ("cls_token", "eos_token", "pad_token", "unk_token")
+            if getattr(tok, name, None) is not None
+        )
+        if tok.pad_token_id is None:
+            raise ValueError(f"the tokenizer in {self.path} has no pad token")
+        self.pad_token_id: int = tok.pad_token_id
+
+        limit = config.max_position_embeddings
+        if config.model_type in _OFFSET_POSITION_MODELS:
+            limit -= (config.pad_token_id or 0) + 1
+        tok_limit = getattr(tok, "model_max_length", None)
+        if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+            limit = min(limit, tok_limit)
+        #: The most tokens (special tokens included) the encoder takes in one text.
+        self.max_length: int = int(limit)
+
+    @property
+    def has_sparse(self) -> bool:
+        """Whether the lexical (sparse) head was loaded."""
+        return self.sparse_linear is not None
+
+    @property
+    def has_colbert(self) -> bool:
+        """Whether the multi-vector (ColBERT) head was loaded."""
+        return self.colbert_linear is not None
+
+    @property
+    def colbert_dim(self) -> int | None:
+        """Size of a multi-vector output, ``None`` without the head."""
+        return None if self.colbert_linear is None else self.colbert_linear.out_features
+
+    # ------------------------------------------------------------------------------------------
+
+    def tokenize(
+        self, texts: Sequence[str], *, max_length: int | None = None, truncation: bool = False
+    ) -> list[list[int]]:
+        """Checked token ids (with special tokens) of each text; see :meth:`encode`."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if len(texts) == 0:
+            raise ValueError("no texts to encode")
+        limit = self.max_length if max_length is None else int(max_length)
+        if not 2 < limit <= self.max_length:
+            raise ValueError(f"max_length must be in 3..{self.max_length}, got {limit}")
+        cleaned = [clean_text(t, i) for i, t in enumerate(texts)]
+        kwargs: dict[str, Any] = {"truncation": True, "max_length": limit} if truncation else {}
+        ids: list[list[int]] = self.tokenizer(
+            cleaned, add_special_tokens=True, return_attention_mask=False, verbose=False, **kwargs
+        )["input_ids"]
+        for i, row in enumerate(ids):
+            if len(row) > limit:
+                raise ValueError(
+                    f"text {i} has {len(row)} tokens, more than max_length={limit} "
+                    f"(encoder limit {self.max_length}); shorten it or pass truncation=True"
+                )
+        return ids
+
+    def _batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
+        """Indices grouped longest first, each batch within batch_size and max_batch_tokens."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            width = lengths[current[0]] if current else lengths[i]
+            if current and (
+                len(current) >= batch_size or (len(current) + 1) * width > self.max_batch_tokens
+            ):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        max_length: int | None = None,
+        truncation: bool = False,
+        return_sparse: bool | None = None,
+        return_colbert_vecs: bool | None = None,
+        batch_size: int | None = None,
+    ) -> M3Output:
+        """Encode texts; outputs always come as lists/arrays in input order (a str is one text).
+
+        ``max_length`` (default and upper bound: :attr:`max_length`) counts special tokens.
+        A longer text is an error unless ``truncation=True``. ``return_sparse`` /
+        ``return_colbert_vecs`` default to "if the head is there"; ``True`` without the head
+        raises :class:`MissingHeadError`.
+        """
+        want_sparse = self.has_sparse if return_sparse is None else bool(return_sparse)
+        want_colbert = (
+            self.has_colbert if return_colbert_vecs is None else bool(return_colbert_vecs)
+        )
+        if want_sparse and not self.has_sparse:
+            raise MissingHeadError(
+                f"lexical weights need the sparse_linear head, missing in {self.path}"
+            )
+        if want_colbert and not self.has_colbert:
+            raise MissingHeadError(
+                f"multi-vector output needs the colbert_linear head, missing in {self.path}"
+            )
+        ids = self.tokenize(
+            [texts] if isinstance(texts, str) else texts,
+            max_length=max_length,
+            truncation=truncation,
+        )
+        n = len(ids)
+        dense: list[np.ndarray | None] = [None] * n
+        lexical: list[dict[str, float]] = [{} for _ in range(n)]
+        colbert: list[np.ndarray | None] = [None] * n
+        lengths = [len(row) for row in ids]
+        with torch.inference_mode():
+            for batch in self._batches(lengths, batch_size or self.batch_size):
+                width = lengths[batch[0]]
+                input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    input_ids[row, : lengths[i]] = torch.tensor(ids[i], dtype=torch.long)
+                    mask[row, : lengths[i]] = 1
+                input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                d = F.normalize(hidden[:, 0], dim=-1).float().cpu().numpy()
+                weights = c = None
+                if want_sparse:
+                    weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu()
+                if want_colbert:
+                    c = F.normalize(self.colbert_linear(hidden[:, 1:]), dim=-1).float().cpu()
+                for row, i in enumerate(batch):
+                    dense[i] = d[row]
+                    if weights is not None:
+                        lexical[i] = self._lexical(ids[i], weights[row, : lengths[i]])
+                    if c is not None:
+                        colbert[i] = c[row, : lengths[i] - 1].numpy()
+        return M3Output(
+            dense_vecs=np.stack(dense).astype(np.float32),  # type: ignore[arg-type]
+            lexical_weights=lexical if want_sparse else None,
+            colbert_vecs=colbert if want_colbert else None,  # type: ignore[arg-type]
+            input_ids=ids,
+        )
+
+    def _lexical(self, ids: list[int], weights: torch.Tensor) -> dict[str, float]:
+        """Max weight per token id, unused ids and weights <= 0 dropped."""
+        result: dict[str, float] = {}
+        for token_id, w in zip(ids, weights.tolist(), strict=True):
+            if w > 0 and token_id not in self.unused_token_ids:
+                key = str(token_id)
+                if w > result.get(key, 0.0):
+                    result[key] = w
+        return result
+
+    # ------------------------------------------------------------------------------------------
+
+    @overload
+    def compute_score(
+        self,
+        pairs: tuple[str, str],
+        *,
+        max_query_length: int | None = ...,
+        max_passage_length: int | None = ...,
+        weights: Sequence[float] | None = ...,
+        batch_size: int | None = ...,
+    ) -> dict[ScoreKey, float]: ...
+
+    @overload
+    def compute_score(
+        self,
+        pairs: Sequence[tuple[str, str]] | Sequence[Sequence[str]],
+        *,
+        max_query_length: int | None = ...,
+        max_passage_length: int | None = ...,
+        weights: Sequence[float] | None = ...,
+        batch_size: int | None = ...,
+    ) -> dict[ScoreKey, list[float]]: ...
+
+    def compute_score(
+        self,
+        pairs: Any,
+        *,
+        max_query_length: int | None = None,
+        max_passage_length: int | None = None,
+        weights: Sequence[float] | None = None,
+        batch_size: int | None = None,
+    ) -> dict[ScoreKey, Any]:
+        """Scores of (query, passage) pairs, with FlagEmbedding's keys and layout.
+
+        Returns ``{"colbert", "sparse", "dense", "sparse+dense", "colbert+sparse+dense"}`` ->
+        list of floats (one per pair), or floats for a single pair given as two strings.
+        Queries and passages are truncated to their max lengths (default: the encoder limit).
+        ``weights`` are (dense, sparse, colbert), default :data:`DEFAULT_WEIGHTS`; each mixed
+        score divides by the sum of the weights it uses ("sparse+dense" is NaN if both are 0).
+        """
+        w_dense, w_sparse, w_colbert = _check_weights(weights)
+        # As in FlagEmbedding, two strings (tuple or list) are one pair.
+        single = (
+            isinstance(pairs, (tuple, list))
+            and len(pairs) == 2
+            and all(isinstance(x, str) for x in pairs)
+        )
+        pair_list = [pairs] if single else list(pairs)
+        if not pair_list:
+            raise ValueError("no pairs to score")
+        for i, pair in enumerate(pair_list):
+            if isinstance(pair, str) or len(pair) != 2:
+                raise ValueError(f"pair {i} must be (query, passage), got {pair!r:.80}")
+        if not (self.has_sparse and self.has_colbert):
+            raise MissingHeadError(
+                f"compute_score needs both heads (sparse_linear and colbert_linear), {self.path} "
+                "is dense-only; use encode() and dense_score() instead"
+            )
+        q = self.encode(
+            [p[0] for p in pair_list],
+            max_length=max_query_length,
+            truncation=True,
+            batch_size=batch_size,
+        )
+        p = self.encode(
+            [p[1] for p in pair_list],
+            max_length=max_passage_length,
+            truncation=True,
+            batch_size=batch_size,
+        )
+        assert q.lexical_weights is not None and p.lexical_weights is not None
+        assert q.colbert_vecs is not None and p.colbert_vecs is not None
+        out: dict[ScoreKey, list[float]] = {
+            "colbert": [],
+            "sparse": [],
+            "dense": [],
+            "sparse+dense": [],
+            "colbert+sparse+dense": [],
+        }
+        sd_total = w_dense + w_sparse
+        for i in range(len(pair_list)):
+            d = float(dense_score(q.dense_vecs[i], p.dense_vecs[i]))
+            s = lexical_matching_score(q.lexical_weights[i], p.lexical_weights[i])
+            c = colbert_score(q.colbert_vecs[i], p.colbert_vecs[i])
+            out["colbert"].append(c)
+            out["sparse"].append(s)
+            out["dense"].append(d)
+            out["sparse+dense"].append(
+                (w_sparse * s + w_dense * d) / sd_total if sd_total > 0 else math.nan
+            )
+            out["colbert+sparse+dense"].append(
+                (w_colbert * c + w_sparse * s + w_dense * d) / (w_dense + w_sparse + w_colbert)
+            )
+        if single:
+            return {k: v[0] for k, v in out.items()}
+        return out  # type: ignore[return-value]
