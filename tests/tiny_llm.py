@@ -118,11 +118,30 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tiny_llama(folder: Path, *, seed: int = 0, max_position_embeddings: int = 2048) -> Path:
-    """Write config, random safetensors weights, tokenizer and chat template into `folder`."""
+ARCHITECTURES = ("llama", "qwen2", "mistral")
+
+
+def build_tiny_llama(
+    folder: Path,
+    *,
+    seed: int = 0,
+    max_position_embeddings: int = 2048,
+    architecture: str = "llama",
+) -> Path:
+    """Write config, random safetensors weights, tokenizer and chat template into `folder`.
+
+    `architecture` picks the decoder family (llama, qwen2 or mistral); all share the tokenizer.
+    """
     import torch
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
+
+    config_class, model_class = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[architecture]
 
     folder.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE(unk_token=None))
@@ -145,7 +164,7 @@ def build_tiny_llama(folder: Path, *, seed: int = 0, max_position_embeddings: in
     tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.save_pretrained(folder)
 
-    config = LlamaConfig(
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -162,7 +181,7 @@ def build_tiny_llama(folder: Path, *, seed: int = 0, max_position_embeddings: in
         torch_dtype="float32",
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = model_class(config)
     with torch.no_grad():  # larger logits margins make greedy decoding robust to float noise
         model.lm_head.weight.mul_(8.0)
     model.save_pretrained(folder, safe_serialization=True)
