@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -57,7 +58,7 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--requests", type=int, default=80)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=10, help="concurrent batches per server")
     parser.add_argument("--max-tokens", type=int, default=16)
@@ -66,37 +67,35 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="landmark-bench-"))
     model = str(build_tiny_llama(work / "tiny-llama"))
-    plain = ServerProcess(model, COMMON_ARGS, landmark=False, log_dir=work).start()
-    plugin = ServerProcess(model, COMMON_ARGS, landmark=True, log_dir=work).start()
-    try:
-        clients = {
-            name: openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-            for name, server in (("plain", plain), ("plugin", plugin))
-        }
-        for client in clients.values():  # warm both
-            for _ in range(5):
+    # One server at a time (2 cores: an idle second server still steals cycles), in the
+    # order plain, plugin, plugin, plain, so slow drift of the machine cancels out.
+    sequential: dict[str, list[float]] = {"plain": [], "plugin": []}
+    batches: dict[str, list[float]] = {"plain": [], "plugin": []}
+    startups: dict[str, list[float]] = {"plain": [], "plugin": []}
+    for name in ("plain", "plugin", "plugin", "plain"):
+        server = ServerProcess(model, COMMON_ARGS, landmark=name == "plugin", log_dir=work).start()
+        try:
+            startups[name].append(float(server.startup_seconds or 0.0))
+            client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+            for _ in range(5):  # warm-up
                 one_request(client, model, args.max_tokens)
-        sequential: dict[str, list[float]] = {"plain": [], "plugin": []}
-        for index in range(args.requests):
-            order = ("plain", "plugin") if index % 2 == 0 else ("plugin", "plain")
-            for name in order:
-                sequential[name].append(one_request(clients[name], model, args.max_tokens))
-        batches: dict[str, list[float]] = {"plain": [], "plugin": []}
-        for index in range(args.rounds):
-            order = ("plain", "plugin") if index % 2 == 0 else ("plugin", "plain")
-            for name in order:
+            for _ in range(args.requests // 2):
+                sequential[name].append(one_request(client, model, args.max_tokens))
+            for _ in range(max(1, args.rounds // 2)):
                 batches[name].append(
-                    concurrent_batch(clients[name], model, args.max_tokens, args.concurrency)
+                    concurrent_batch(client, model, args.max_tokens, args.concurrency)
                 )
-    finally:
-        plain.stop()
-        plugin.stop()
+        finally:
+            server.stop()
 
     result = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} "
-        f"({__import__('os').cpu_count()} cpus), {platform.platform()}",
+        "machine": f"{platform.machine()} ({os.cpu_count()} cpus), {platform.platform()}",
         "model": "tiny random Llama (2 layers, hidden 64), float32, --enforce-eager",
-        "startup_s": {"plain": plain.startup_seconds, "plugin": plugin.startup_seconds},
+        "method": "servers run one at a time in the order plain, plugin, plugin, plain; "
+        f"{args.requests} sequential requests and {args.rounds} batches of "
+        f"{args.concurrency} concurrent requests per server kind, {args.max_tokens} output "
+        "tokens each, no document",
+        "startup_s": {name: statistics.fmean(v) for name, v in startups.items()},
         "sequential": {name: summarize(v) for name, v in sequential.items()},
         f"concurrent_{args.concurrency}": {name: summarize(v) for name, v in batches.items()},
     }
@@ -105,7 +104,7 @@ def main() -> None:
         "sequential_median": seq["plugin"]["median_ms"] / seq["plain"]["median_ms"],
         "sequential_mean": seq["plugin"]["mean_ms"] / seq["plain"]["mean_ms"],
         "concurrent_median": conc["plugin"]["median_ms"] / conc["plain"]["median_ms"],
-        "startup": plugin.startup_seconds / plain.startup_seconds,
+        "startup": result["startup_s"]["plugin"] / result["startup_s"]["plain"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -113,8 +112,9 @@ def main() -> None:
     print(
         f"\nplugin/plain per-request latency: median x{result['ratios']['sequential_median']:.3f}, "
         f"mean x{result['ratios']['sequential_mean']:.3f}; {args.concurrency} concurrent: "
-        f"x{result['ratios']['concurrent_median']:.3f}; start-up {plain.startup_seconds:.1f} s "
-        f"plain vs {plugin.startup_seconds:.1f} s plugin"
+        f"x{result['ratios']['concurrent_median']:.3f}; start-up "
+        f"{result['startup_s']['plain']:.1f} s plain vs "
+        f"{result['startup_s']['plugin']:.1f} s plugin"
     )
 
 
