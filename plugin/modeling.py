@@ -33,11 +33,11 @@ from .document.processor import (
 ARCHITECTURE = "LandmarkForCausalLM"
 
 
-def _per_item(value: Any, sizes: list[int]) -> list[torch.Tensor]:
-    """A flat field as one tensor per document, whether vLLM concatenated it or not."""
+def _flat(value: Any) -> torch.Tensor:
+    """A flat field as one 1-D tensor, whether vLLM concatenated the items or not."""
     if isinstance(value, torch.Tensor):
-        return list(torch.split(value.reshape(-1), sizes))
-    return [torch.as_tensor(v).reshape(-1) for v in value]
+        return value.reshape(-1)
+    return torch.cat([torch.as_tensor(v).reshape(-1) for v in value])
 
 
 def _as_int_list(value: Any) -> list[int]:
@@ -85,19 +85,38 @@ class LandmarkForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
     def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor]:
-        """Soft tokens of each document in the batch, in prompt order."""
+        """Soft tokens of each document in the batch, in prompt order.
+
+        Each document arrives as its kept token ids plus a plan (span lengths and factors);
+        k=1 spans are the LLM's own token embeddings, k>1 spans go through the embedder.
+        """
         token_ids = kwargs.get("document_token_ids")
         if token_ids is None:
             return []
-        sizes = _as_int_list(kwargs["document_num_tokens"])
-        factors = _as_int_list(kwargs["document_factor"])
-        documents = _per_item(token_ids, sizes)
+        num_tokens = _as_int_list(kwargs["document_num_tokens"])
+        num_spans = _as_int_list(kwargs["document_num_spans"])
+        span_lengths = _as_int_list(_flat(kwargs["document_span_lengths"]))
+        span_factors = _as_int_list(_flat(kwargs["document_span_factors"]))
         device = next(self.language_model.parameters()).device
-        flat = torch.cat(documents).to(device)
-        token_embeds = self.language_model.embed_input_ids(flat)
+        flat_ids = _flat(token_ids).to(device)
+        token_embeds = self.language_model.embed_input_ids(flat_ids)
+        spans = list(torch.split(token_embeds, span_lengths))
+        span_ids = list(torch.split(flat_ids, span_lengths))
+        soft = self._embed_spans(spans, span_ids, span_factors)
+        documents, cursor = [], 0
+        for count in num_spans:
+            documents.append(torch.cat(soft[cursor : cursor + count]))
+            cursor += count
+        assert sum(num_tokens) == sum(span_lengths) and cursor == len(soft)
+        return documents
+
+    def _embed_spans(
+        self, spans: list[torch.Tensor], span_ids: list[torch.Tensor], factors: list[int]
+    ) -> list[torch.Tensor]:
+        """k=1: the token embeddings themselves; k>1: the configured embedder."""
         return [
-            mean_pool_groups(doc_embeds, factor)
-            for doc_embeds, factor in zip(torch.split(token_embeds, sizes), factors, strict=True)
+            embeds if factor == 1 else mean_pool_groups(embeds, factor)
+            for embeds, factor in zip(spans, factors, strict=True)
         ]
 
     def forward(

@@ -126,6 +126,43 @@ def test_k_above_one_matches_a_transformers_reference(llm, tiny_model: Path) -> 
     assert list(output.outputs[0].token_ids) == generated[0].tolist()
 
 
+def test_explicit_plan_matches_a_transformers_reference(llm, tiny_model: Path) -> None:
+    """Spans at k=1 and k=4 with a dropped gap: the same soft prompt as transformers."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = llm.get_tokenizer()
+    document = make_document(tokenizer, 200, seed=9)
+    doc_ids = torch.tensor(tokenizer.encode(document, add_special_tokens=False))
+    plan = [[0, 30, 4], [30, 50, 1], [90, 150, 8], [150, len(doc_ids), 2]]
+    content = [
+        {"type": "document", "document": {"text": document, "plan": plan}},
+        {"type": "text", "text": "which year?"},
+    ]
+    output = llm.chat([{"role": "user", "content": content}], greedy(10))[0]
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    embed = reference.get_input_embeddings()
+    prompt_ids = torch.tensor(output.prompt_token_ids)
+    is_soft = prompt_ids == placeholder_id(tokenizer)
+    with torch.no_grad():
+        soft = torch.cat([mean_pool_groups(embed(doc_ids[a:b]), k) for a, b, k in plan])
+        assert (
+            int(is_soft.sum())
+            == soft.shape[0]
+            == 8 + 20 + 8 + num_soft_tokens(len(doc_ids) - 150, 2)
+        )
+        embeds = embed(prompt_ids)
+        embeds[is_soft] = soft
+        generated = reference.generate(
+            inputs_embeds=embeds[None],
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=10,
+            min_new_tokens=10,
+            do_sample=False,
+        )
+    assert list(output.outputs[0].token_ids) == generated[0].tolist()
+
+
 def test_bad_documents_raise_clear_errors_and_engine_keeps_working(llm) -> None:
     with pytest.raises(ValueError, match="empty"):
         llm.generate({"prompt": "<|landmark_document|>", "multi_modal_data": {"document": "  "}})

@@ -67,7 +67,15 @@ def test_file_part_at_k1_is_token_identical_to_pasted_text(client, model_name, t
         assert tokens_of(injected) == tokens_of(pasted)
         assert injected.usage.prompt_tokens == pasted.usage.prompt_tokens
         block = injected.model_extra["landmark"]
-        assert block["documents"] == [{"raw_tokens": raw, "factor": 1, "injected_tokens": raw}]
+        assert block["documents"] == [
+            {
+                "raw_tokens": raw,
+                "kept_tokens": raw,
+                "factors": [1],
+                "spans": 1,
+                "injected_tokens": raw,
+            }
+        ]
 
 
 def test_document_part_and_documents_field_match_the_file_part(
@@ -97,7 +105,13 @@ def test_document_four_times_the_window_is_served_at_the_budget(
     injected = num_soft_tokens(raw, factor)
     assert raw > 3 * TINY_WINDOW and injected <= TINY_BUDGET
     assert response.model_extra["landmark"]["documents"] == [
-        {"raw_tokens": raw, "factor": factor, "injected_tokens": injected}
+        {
+            "raw_tokens": raw,
+            "kept_tokens": raw,
+            "factors": [factor],
+            "spans": 1,
+            "injected_tokens": injected,
+        }
     ]
     # usage counts what the LLM attended to: the text plus the soft tokens.
     assert response.usage.prompt_tokens == text_only.usage.prompt_tokens + injected

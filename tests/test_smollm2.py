@@ -97,4 +97,4 @@ def test_server_k1_matches_pasted_text(
     ]
     assert injected.usage.prompt_tokens == pasted.usage.prompt_tokens
     block = injected.model_extra["landmark"]["documents"][0]
-    assert block["factor"] == 1 and block["raw_tokens"] == block["injected_tokens"] > 600
+    assert block["factors"] == [1] and block["raw_tokens"] == block["injected_tokens"] > 600

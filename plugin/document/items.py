@@ -2,8 +2,9 @@
 
 A document item is a string (the text) or a dict with "text" (str) or "token_ids"
 (list of LLM token ids, already tokenized), and optionally "factor" (force a scaling
-factor for this document). Everything is checked here, before any tokenizing, so that bad
-input gets a message naming the problem.
+factor for this document) or "plan" (explicit `[start, end, k]` spans over the document's
+LLM tokens, in order; tokens outside every span are left out). Everything is checked here,
+before any tokenizing, so that bad input gets a message naming the problem.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ def normalize_document(item: Any, config: LandmarkConfig) -> dict[str, Any]:
             f"a document must be a string or a dict with 'text' or 'token_ids', "
             f"got {type(item).__name__}"
         )
-    unknown = sorted(set(item) - {"text", "token_ids", "factor"})
+    unknown = sorted(set(item) - {"text", "token_ids", "factor", "plan"})
     if unknown:
-        raise DocumentError(f"unknown document fields {unknown}; known: factor, text, token_ids")
+        raise DocumentError(
+            f"unknown document fields {unknown}; known: factor, plan, text, token_ids"
+        )
+    if item.get("factor") is not None and item.get("plan") is not None:
+        raise DocumentError("give a document either 'factor' or 'plan', not both")
     has_text, has_ids = "text" in item, "token_ids" in item
     if has_text == has_ids:
         raise DocumentError("a document needs exactly one of 'text' and 'token_ids'")
@@ -56,7 +61,37 @@ def normalize_document(item: Any, config: LandmarkConfig) -> dict[str, Any]:
                 f"factor={factor!r} is not allowed; choose one of {ALLOWED_FACTORS}"
             )
         out["factor"] = int(factor)
+    if item.get("plan") is not None:
+        out["plan"] = _check_plan(item["plan"])
     return out
+
+
+def _check_plan(plan: Any) -> list[list[int]]:
+    """A plan's shape and factors; its bounds are checked once the token count is known."""
+    if not isinstance(plan, (list, tuple)) or not plan:
+        raise DocumentError("'plan' must be a non-empty list of [start, end, factor]")
+    spans: list[list[int]] = []
+    previous_end = 0
+    for index, span in enumerate(plan):
+        if (
+            not isinstance(span, (list, tuple))
+            or len(span) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+        ):
+            raise DocumentError(f"plan[{index}] must be [start, end, factor] integers")
+        start, end, factor = span
+        if factor not in ALLOWED_FACTORS:
+            raise DocumentError(
+                f"plan[{index}] factor={factor} is not allowed; choose one of {ALLOWED_FACTORS}"
+            )
+        if start < previous_end or end <= start:
+            raise DocumentError(
+                f"plan[{index}] = [{start}, {end}] must be non-empty and start at or after "
+                f"the previous span's end ({previous_end})"
+            )
+        previous_end = end
+        spans.append([start, end, factor])
+    return spans
 
 
 def check_document_text(text: Any, config: LandmarkConfig) -> str:

@@ -24,7 +24,8 @@ from vllm.multimodal.processing import (
     PromptReplacement,
 )
 
-from ..compression.factors import DocumentTooLongError, choose_factor, num_soft_tokens
+from ..compression.factors import DocumentTooLongError, choose_factor
+from ..compression.planner import Plan, PlannedSpan, uniform_plan
 from ..config import HF_CONFIG_KEY, LandmarkConfig
 from . import MODALITY
 from .items import DocumentError, normalize_document
@@ -113,14 +114,28 @@ class DocumentProcessingInfo(BaseProcessingInfo):
             )
         return list(ids)
 
-    def document_factor(self, item: dict, num_tokens: int) -> int:
-        """The scaling factor of one document: its own, else chosen from the budget."""
+    def document_plan(self, item: dict, token_ids: list[int]) -> Plan:
+        """Which spans of the document to keep and at which factor.
+
+        A factor or plan given with the document is used as is; otherwise the smallest
+        allowed factor whose soft tokens fit the budget, over the whole document.
+        """
         if "factor" in item:
-            return int(item["factor"])
+            return uniform_plan(len(token_ids), int(item["factor"]))
+        if "plan" in item:
+            last_end = item["plan"][-1][1]
+            if last_end > len(token_ids):
+                raise DocumentValidationError(
+                    f"the plan ends at token {last_end}, past the document's {len(token_ids)} "
+                    "tokens",
+                    parameter=MODALITY,
+                )
+            return Plan(tuple(PlannedSpan(*span) for span in item["plan"]))
         try:
-            return choose_factor(num_tokens, self.budget, self.landmark_config)
+            factor = choose_factor(len(token_ids), self.budget, self.landmark_config)
         except DocumentTooLongError as exc:
             raise DocumentValidationError(str(exc), parameter=MODALITY) from exc
+        return uniform_plan(len(token_ids), factor)
 
 
 class DocumentDummyInputsBuilder(BaseDummyInputsBuilder[DocumentProcessingInfo]):
@@ -146,30 +161,46 @@ class DocumentMultiModalProcessor(BaseMultiModalProcessor[DocumentProcessingInfo
     def _call_hf_processor(
         self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
+        """Per document: the kept token ids and, per planned span, its length and factor."""
         documents = list(hf_data.get("documents", []))  # type: ignore[call-overload]
-        token_ids: list[list[int]] = [self.info.document_token_ids(doc) for doc in documents]
-        factors = [
-            self.info.document_factor(doc, len(ids))
-            for doc, ids in zip(documents, token_ids, strict=True)
-        ]
-        flat = [t for ids in token_ids for t in ids]
+        kept_ids: list[int] = []
+        span_lengths: list[int] = []
+        span_factors: list[int] = []
+        num_tokens, num_spans, soft_tokens = [], [], []
+        for document in documents:
+            token_ids = self.info.document_token_ids(document)
+            plan = self.info.document_plan(document, token_ids)
+            for span in plan.spans:
+                kept_ids.extend(token_ids[span.start : span.end])
+                span_lengths.append(span.num_tokens)
+                span_factors.append(span.factor)
+            num_tokens.append(plan.kept_tokens)
+            num_spans.append(len(plan.spans))
+            soft_tokens.append(plan.soft_tokens)
         return BatchFeature(
             {
-                "document_token_ids": torch.tensor(flat, dtype=torch.long),
-                "document_num_tokens": torch.tensor([len(ids) for ids in token_ids]),
-                "document_factor": torch.tensor(factors),
+                "document_token_ids": torch.tensor(kept_ids, dtype=torch.long),
+                "document_span_lengths": torch.tensor(span_lengths, dtype=torch.long),
+                "document_span_factors": torch.tensor(span_factors, dtype=torch.long),
+                "document_num_tokens": torch.tensor(num_tokens, dtype=torch.long),
+                "document_num_spans": torch.tensor(num_spans, dtype=torch.long),
+                "document_soft_tokens": torch.tensor(soft_tokens, dtype=torch.long),
             }
         )
 
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
     ) -> Mapping[str, MultiModalFieldConfig]:
+        empty = torch.empty(0, dtype=torch.long)
+        num_tokens = hf_inputs.get("document_num_tokens", empty)
+        num_spans = hf_inputs.get("document_num_spans", empty)
         return {
-            "document_token_ids": MultiModalFieldConfig.flat_from_sizes(
-                MODALITY, hf_inputs.get("document_num_tokens", torch.empty(0, dtype=torch.long))
-            ),
+            "document_token_ids": MultiModalFieldConfig.flat_from_sizes(MODALITY, num_tokens),
+            "document_span_lengths": MultiModalFieldConfig.flat_from_sizes(MODALITY, num_spans),
+            "document_span_factors": MultiModalFieldConfig.flat_from_sizes(MODALITY, num_spans),
             "document_num_tokens": MultiModalFieldConfig.batched(MODALITY),
-            "document_factor": MultiModalFieldConfig.batched(MODALITY),
+            "document_num_spans": MultiModalFieldConfig.batched(MODALITY),
+            "document_soft_tokens": MultiModalFieldConfig.batched(MODALITY),
         }
 
     def _get_prompt_updates(
@@ -182,10 +213,7 @@ class DocumentMultiModalProcessor(BaseMultiModalProcessor[DocumentProcessingInfo
         documents = out_mm_kwargs.get(MODALITY, [])
 
         def replacement(item_idx: int) -> list[int]:
-            item = documents[item_idx]
-            num_tokens = int(item["document_num_tokens"].data)
-            factor = int(item["document_factor"].data)
-            return [placeholder_id] * num_soft_tokens(num_tokens, factor)
+            return [placeholder_id] * int(documents[item_idx]["document_soft_tokens"].data)
 
         return [
             PromptReplacement(modality=MODALITY, target=[placeholder_id], replacement=replacement)

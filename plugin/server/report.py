@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..compression.factors import num_soft_tokens
-
 
 def landmark_block(info: Any, documents: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per document: raw LLM tokens, the factor used and the soft tokens injected.
+    """Per document: raw LLM tokens, the tokens kept, the factors used, soft tokens injected.
 
-    `info` is the DocumentProcessingInfo that processed the request; it caches tokenization,
+    `info` is the DocumentProcessingInfo that processed the request; tokenization is cached,
     so this costs no second pass over the documents.
     """
     rows = []
     for item in documents:
-        raw = len(info.document_token_ids(item))
-        factor = info.document_factor(item, raw)
+        token_ids = info.document_token_ids(item)
+        plan = info.document_plan(item, token_ids)
+        factors = sorted({span.factor for span in plan.spans})
         rows.append(
-            {"raw_tokens": raw, "factor": factor, "injected_tokens": num_soft_tokens(raw, factor)}
+            {
+                "raw_tokens": len(token_ids),
+                "kept_tokens": plan.kept_tokens,
+                "factors": factors,
+                "spans": len(plan.spans),
+                "injected_tokens": plan.soft_tokens,
+            }
         )
     return {
         "documents": rows,
