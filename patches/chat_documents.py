@@ -167,12 +167,40 @@ def _wrap_create_chat_completion(original: Any) -> Any:
             result = await original(self, request, *args, **kwargs)
         finally:
             _request_documents.reset(token)
-        if collected and isinstance(result, ChatCompletionResponse):
-            info = collected[0][0]
-            result.landmark = landmark_block(info, [item for _info, item in collected])
+        if not collected:
+            return result
+        block = landmark_block(collected[0][0], [item for _info, item in collected])
+        if isinstance(result, ChatCompletionResponse):
+            result.landmark = block
+            return result
+        if hasattr(result, "__aiter__"):
+            return _stream_with_block(result, block)
         return result
 
     return create_chat_completion
+
+
+async def _stream_with_block(stream: Any, block: dict[str, Any]) -> Any:
+    """Pass a chat stream through, adding the landmark block to its last data chunk."""
+    import json
+
+    pending: str | None = None
+    async for chunk in stream:
+        if isinstance(chunk, str) and chunk.startswith("data: [DONE]") and pending is not None:
+            body = pending[len("data: ") :].strip()
+            try:
+                data = json.loads(body)
+                data["landmark"] = block
+                pending = f"data: {json.dumps(data)}\n\n"
+            except ValueError:
+                pass  # not a JSON chunk (an error event): leave it as it is
+        if pending is not None:
+            yield pending
+        pending = chunk if isinstance(chunk, str) and chunk.startswith("data: ") else None
+        if pending is None:
+            yield chunk
+    if pending is not None:
+        yield pending
 
 
 def apply() -> None:

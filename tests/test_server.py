@@ -129,8 +129,11 @@ def test_streaming_gives_the_same_answer(client, model_name, tokenizer) -> None:
         stream=True,
         extra_body={"ignore_eos": True},
     )
-    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    chunks = list(stream)
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert streamed == full.choices[0].message.content
+    assert chunks[-1].model_extra["landmark"] == full.model_extra["landmark"]
+    assert all("landmark" not in chunk.model_extra for chunk in chunks[:-1])
 
 
 def _bad_requests(tokenizer) -> list[tuple[str, list | str, dict, str]]:
