@@ -1,0 +1,123 @@
+"""Benchmark: time to first token for a window-filling document, plain text vs the plugin.
+
+SmolLM2-135M-Instruct (8K window) in one offline engine, float32, prefix caching off. The same
+document (about 7.5K tokens) is sent (a) pasted as text and (b) as a document part under a
+soft-token budget (default 1K) with the configured embedder. TTFT = wall time of a request
+with max_tokens=1; median of N runs after a warm-up. Also reports the embedder's cost per 1K
+document tokens against the LLM's prefill per 1K tokens (timed inside the same process).
+
+    python -m eval.bench_ttft [--budget 1024] [--embedder mean-baseline|auto|DIR] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from importlib import resources
+from pathlib import Path
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
+
+def window_document(tokenizer, target_tokens: int) -> str:
+    """The bundled demo document repeated (with section numbers) up to `target_tokens`."""
+    base = (resources.files("vllm_landmark.data") / "demo_document.md").read_text(encoding="utf-8")
+    parts, total, copy = [], 0, 0
+    while True:
+        copy += 1
+        piece = f"\n\n# Part {copy}\n\n{base.strip()}"
+        count = len(tokenizer.encode(piece, add_special_tokens=False))
+        if total + count > target_tokens:
+            break
+        parts.append(piece)
+        total += count
+    paragraphs = base.split("\n\n")
+    for paragraph in paragraphs:  # top up paragraph by paragraph
+        count = len(tokenizer.encode("\n\n" + paragraph, add_special_tokens=False))
+        if total + count > target_tokens:
+            break
+        parts.append("\n\n" + paragraph)
+        total += count
+    return "".join(parts).strip()
+
+
+def timed(llm, messages, params) -> float:
+    started = time.perf_counter()
+    llm.chat(messages, params, use_tqdm=False)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", type=int, default=1024)
+    parser.add_argument("--embedder", default="mean-baseline")
+    parser.add_argument("--document-tokens", type=int, default=7600)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("eval/results/bench_ttft.json"))
+    args = parser.parse_args()
+
+    from vllm import LLM, SamplingParams
+
+    from vllm_landmark import LandmarkConfig, engine_kwargs
+    from vllm_landmark.default_models import prepare_default_llm
+
+    model = str(prepare_default_llm())
+    config = LandmarkConfig(budget=args.budget, embedder=args.embedder)
+    llm = LLM(
+        model=model,
+        dtype="float32",
+        max_model_len=8192,
+        enable_prefix_caching=False,
+        enforce_eager=True,
+        **engine_kwargs(config),
+    )
+    tokenizer = llm.get_tokenizer()
+    document = window_document(tokenizer, args.document_tokens)
+    doc_tokens = len(tokenizer.encode(document, add_special_tokens=False))
+    question = "\n\nQuestion: Who designed the rotary snow plough known as the Badger?"
+    plain = [{"role": "user", "content": document + question}]
+    plugin = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "document", "document": {"text": document}},
+                {"type": "text", "text": question},
+            ],
+        }
+    ]
+    params = SamplingParams(temperature=0.0, max_tokens=1)
+    results: dict[str, list[float]] = {"plain_text": [], "plugin": []}
+    timed(llm, [{"role": "user", "content": "warm up"}], params)
+    for _ in range(args.runs):
+        results["plain_text"].append(timed(llm, plain, params))
+        results["plugin"].append(timed(llm, plugin, params))
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    report = {
+        "machine": f"{platform.machine()} ({os.cpu_count()} cpus), CPU only, float32",
+        "model": "SmolLM2-135M-Instruct, offline engine, prefix caching off, eager",
+        "document_tokens": doc_tokens,
+        "budget": args.budget,
+        "embedder": args.embedder,
+        "ttft_s": results,
+        "median_ttft_s": medians,
+        "speedup": medians["plain_text"] / medians["plugin"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(
+        f"\nTTFT for a {doc_tokens}-token document: plain text {medians['plain_text']:.2f} s, "
+        f"plugin at budget {args.budget} ({args.embedder}) {medians['plugin']:.2f} s: "
+        f"x{report['speedup']:.1f} lower"
+    )
+
+
+if __name__ == "__main__":
+    main()
