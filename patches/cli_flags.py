@@ -42,7 +42,8 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "--landmark-embedder",
         "embedder",
         "embedder",
-        "'mean-baseline' (untrained mean of k token embeddings) or a trained embedder folder.",
+        "'auto' (default: the bundled trained embedder for the served model, else the "
+        "baseline), 'mean-baseline' (untrained mean of k token embeddings) or a folder.",
     ),
     (
         "--landmark-retriever",
@@ -105,9 +106,9 @@ def _folder(value: str) -> str:
 
 
 def _embedder(value: str) -> str:
-    from vllm_landmark.config import MEAN_BASELINE
+    from vllm_landmark.config import AUTO_EMBEDDER, MEAN_BASELINE
 
-    return value if value == MEAN_BASELINE else _folder(value)
+    return value if value in (AUTO_EMBEDDER, MEAN_BASELINE) else _folder(value)
 
 
 _TYPES = {

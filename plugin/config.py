@@ -17,6 +17,8 @@ ALLOWED_FACTORS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 
 #: Name of the untrained k>1 embedder: the mean of each k consecutive token embeddings.
 MEAN_BASELINE = "mean-baseline"
+#: Default embedder setting: a bundled trained embedder for the served model, else the baseline.
+AUTO_EMBEDDER = "auto"
 
 #: Attribute of the Hugging Face config that carries the settings to every process.
 HF_CONFIG_KEY = "landmark_config"
@@ -36,7 +38,8 @@ class LandmarkConfig:
     factor: force one scaling factor k for every document. None picks, per document, the
         smallest allowed factor whose compressed length fits the budget.
     factors: the factors the planner may choose from (a subset of ALLOWED_FACTORS).
-    embedder: MEAN_BASELINE (untrained mean pooling, k>1) or a trained embedder folder.
+    embedder: AUTO_EMBEDDER (the bundled trained embedder for the served model if any, else
+        the baseline), MEAN_BASELINE (untrained mean pooling) or a trained embedder folder.
     retriever: a BGE-M3-layout folder used to rank spans (None: no retrieval).
     max_document_tokens: hard limit on one document's length in LLM tokens.
     max_document_chars: hard limit on one document's length in characters, checked before
@@ -48,7 +51,7 @@ class LandmarkConfig:
     budget: int | None = None
     factor: int | None = None
     factors: tuple[int, ...] = ALLOWED_FACTORS
-    embedder: str = MEAN_BASELINE
+    embedder: str = AUTO_EMBEDDER
     retriever: str | None = None
     max_document_tokens: int = 1 << 20
     max_document_chars: int = 8 << 20
@@ -82,9 +85,13 @@ class LandmarkConfig:
             raise LandmarkConfigError(
                 f"max_document_chars={self.max_document_chars} must be positive"
             )
-        if self.embedder != MEAN_BASELINE and not Path(self.embedder).expanduser().is_dir():
+        if (
+            self.embedder not in (MEAN_BASELINE, AUTO_EMBEDDER)
+            and not Path(self.embedder).expanduser().is_dir()
+        ):
             raise LandmarkConfigError(
-                f"embedder={self.embedder!r} is neither {MEAN_BASELINE!r} nor an existing folder"
+                f"embedder={self.embedder!r} is neither {AUTO_EMBEDDER!r}, {MEAN_BASELINE!r} "
+                "nor an existing folder"
             )
         if self.retriever is not None and not Path(self.retriever).expanduser().is_dir():
             raise LandmarkConfigError(

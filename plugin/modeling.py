@@ -21,7 +21,8 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
 from .compression.baseline import mean_pool_groups
-from .config import HF_BASE_ARCHITECTURES_KEY, MEAN_BASELINE
+from .compression.choice import resolve_embedder
+from .config import HF_BASE_ARCHITECTURES_KEY
 from .document import MODALITY
 from .document.processor import (
     DocumentDummyInputsBuilder,
@@ -70,11 +71,17 @@ class LandmarkForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
                 "instead of editing config.json"
             )
         self.landmark_config = config_from_hf(hf_config)
-        if self.landmark_config.embedder != MEAN_BASELINE:
-            raise NotImplementedError(
-                f"embedder={self.landmark_config.embedder!r}: loading trained embedders is not "
-                f"available in this version; use {MEAN_BASELINE!r}"
+        self.model_name = vllm_config.model_config.model
+        self.embedder_choice = resolve_embedder(self.landmark_config.embedder, self.model_name)
+        fixed = self.landmark_config.factor
+        if fixed is not None and fixed > 1 and fixed not in self.embedder_choice.factors:
+            raise ValueError(
+                f"--landmark-factor {fixed}: the embedder {self.embedder_choice.name!r} serves "
+                f"factors {(1, *self.embedder_choice.factors)}"
             )
+        # Loaded after the LLM's weights (see load_weights); kept out of the module tree so
+        # vLLM's loader and compilation never see it.
+        self._embedder: Any = None
         with self._mark_language_model(vllm_config):
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config,
@@ -113,11 +120,44 @@ class LandmarkForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
     def _embed_spans(
         self, spans: list[torch.Tensor], span_ids: list[torch.Tensor], factors: list[int]
     ) -> list[torch.Tensor]:
-        """k=1: the token embeddings themselves; k>1: the configured embedder."""
-        return [
-            embeds if factor == 1 else mean_pool_groups(embeds, factor)
-            for embeds, factor in zip(spans, factors, strict=True)
-        ]
+        """k=1: the token embeddings themselves; k>1: the configured embedder.
+
+        A trained embedder gets all k>1 spans of the batch in one packed call.
+        """
+        if self._embedder is None:
+            return [
+                embeds if factor == 1 else mean_pool_groups(embeds, factor)
+                for embeds, factor in zip(spans, factors, strict=True)
+            ]
+        out: list[torch.Tensor] = list(spans)
+        compressed = [i for i, factor in enumerate(factors) if factor > 1]
+        if compressed:
+            soft = self._embedder.embed_spans(
+                [span_ids[i] for i in compressed], [factors[i] for i in compressed]
+            )
+            for index, embeds in zip(compressed, soft, strict=True):
+                out[index] = embeds.to(spans[index].dtype)
+        return out
+
+    def _load_embedder(self) -> None:
+        """Load the trained embedder next to the LLM (same device and dtype), if one is used."""
+        if self.embedder_choice.path is None:
+            return
+        from .compression.choice import resolve_model_folder
+        from .compression.embedder import ExtensibleEmbedder
+
+        base_folder = resolve_model_folder(self.model_name)
+        if base_folder is None:
+            raise ValueError(f"cannot find the files of {self.model_name} to build the embedder")
+        reference = next(self.language_model.parameters())
+        embedder = ExtensibleEmbedder.from_pretrained(
+            self.embedder_choice.path,
+            base_folder,
+            device=reference.device,
+            dtype=reference.dtype,
+            token_embedding=self.language_model.embed_input_ids,
+        )
+        object.__setattr__(self, "_embedder", embedder)  # not a registered submodule
 
     def forward(
         self,
@@ -138,6 +178,7 @@ class LandmarkForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = self.language_model.load_weights(weights)
+        self._load_embedder()
         return {f"language_model.{name}" for name in loaded}
 
 

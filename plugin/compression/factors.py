@@ -14,14 +14,21 @@ def num_soft_tokens(num_tokens: int, factor: int) -> int:
     return -(-num_tokens // factor)
 
 
-def choose_factor(num_tokens: int, budget: int, config: LandmarkConfig) -> int:
+def choose_factor(
+    num_tokens: int,
+    budget: int,
+    config: LandmarkConfig,
+    factors: tuple[int, ...] | None = None,
+) -> int:
     """The factor for one document: the fixed one, or the smallest allowed one that fits.
 
-    Raises DocumentTooLongError (with the numbers and the flags to change) when nothing fits.
+    `factors` narrows config.factors (e.g. to what the embedder was trained for). Raises
+    DocumentTooLongError (with the numbers and the flags to change) when nothing fits.
     """
     if num_tokens < 1:
         raise ValueError("a document must have at least one token")
-    candidates = (config.factor,) if config.factor is not None else config.factors
+    allowed = config.factors if factors is None else factors
+    candidates = (config.factor,) if config.factor is not None else allowed
     for factor in candidates:
         if num_soft_tokens(num_tokens, factor) <= budget:
             return factor

@@ -24,6 +24,7 @@ from vllm.multimodal.processing import (
     PromptReplacement,
 )
 
+from ..compression.choice import EmbedderChoice, resolve_embedder
 from ..compression.factors import DocumentTooLongError, choose_factor
 from ..compression.planner import Plan, PlannedSpan, uniform_plan
 from ..config import HF_CONFIG_KEY, LandmarkConfig
@@ -81,6 +82,24 @@ class DocumentProcessingInfo(BaseProcessingInfo):
     def placeholder(self) -> Placeholder:
         return choose_placeholder(self.get_tokenizer(), self.landmark_config.placeholder_token)
 
+    @cached_property
+    def embedder(self) -> EmbedderChoice:
+        return resolve_embedder(self.landmark_config.embedder, self.ctx.model_config.model)
+
+    @cached_property
+    def factors(self) -> tuple[int, ...]:
+        """Factors this server can serve: the configured ones the embedder supports (and 1)."""
+        served = (1, *self.embedder.factors)
+        return tuple(k for k in self.landmark_config.factors if k in served)
+
+    def _check_factor(self, factor: int, where: str) -> None:
+        if factor not in self.factors and factor != self.landmark_config.factor:
+            raise DocumentValidationError(
+                f"{where} factor={factor} is not served here; the embedder "
+                f"{self.embedder.name!r} serves factors {self.factors}",
+                parameter=MODALITY,
+            )
+
     @property
     def budget(self) -> int:
         return self.landmark_config.resolved_budget(self.ctx.model_config.max_model_len)
@@ -121,8 +140,11 @@ class DocumentProcessingInfo(BaseProcessingInfo):
         allowed factor whose soft tokens fit the budget, over the whole document.
         """
         if "factor" in item:
+            self._check_factor(int(item["factor"]), "document")
             return uniform_plan(len(token_ids), int(item["factor"]))
         if "plan" in item:
+            for index, span in enumerate(item["plan"]):
+                self._check_factor(span[2], f"plan[{index}]")
             last_end = item["plan"][-1][1]
             if last_end > len(token_ids):
                 raise DocumentValidationError(
@@ -132,7 +154,9 @@ class DocumentProcessingInfo(BaseProcessingInfo):
                 )
             return Plan(tuple(PlannedSpan(*span) for span in item["plan"]))
         try:
-            factor = choose_factor(len(token_ids), self.budget, self.landmark_config)
+            factor = choose_factor(
+                len(token_ids), self.budget, self.landmark_config, factors=self.factors
+            )
         except DocumentTooLongError as exc:
             raise DocumentValidationError(str(exc), parameter=MODALITY) from exc
         return uniform_plan(len(token_ids), factor)

@@ -29,5 +29,5 @@ def landmark_block(info: Any, documents: list[dict[str, Any]]) -> dict[str, Any]
         "documents": rows,
         "raw_document_tokens": sum(r["raw_tokens"] for r in rows),
         "injected_document_tokens": sum(r["injected_tokens"] for r in rows),
-        "embedder": info.landmark_config.embedder,
+        "embedder": info.embedder.name,
     }

@@ -1,0 +1,86 @@
+"""Which k>1 embedder serves a model: a trained checkpoint, or the untrained mean baseline.
+
+`--landmark-embedder` takes `auto` (default: the bundled trained embedder made for the served
+base model if there is one, else the mean baseline), `mean-baseline`, or a checkpoint folder.
+Both the API server (to plan with the factors the embedder was trained for) and the workers
+(to load it) resolve the same way; the answer only depends on the files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from ..config import ALLOWED_FACTORS, AUTO_EMBEDDER, MEAN_BASELINE
+
+logger = logging.getLogger(__name__)
+
+EMBEDDER_CONFIG_NAME = "embedder_config.json"
+
+
+@dataclass(frozen=True)
+class EmbedderChoice:
+    name: str  # "mean-baseline" or the checkpoint folder's name
+    path: str | None  # None for the mean baseline
+    factors: tuple[int, ...]  # factors it can serve besides k=1
+
+
+def bundled_embedders() -> list[Path]:
+    """Trained embedder folders shipped in the package (plugin/data/embedders/*)."""
+    root = Path(str(resources.files("vllm_landmark.data"))) / "embedders"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / EMBEDDER_CONFIG_NAME).is_file())
+
+
+def _checkpoint_factors(folder: Path) -> tuple[int, ...]:
+    data = json.loads((folder / EMBEDDER_CONFIG_NAME).read_text())
+    return tuple(sorted(int(k) for k in data["factors"]))
+
+
+def resolve_model_folder(model: str) -> Path | None:
+    """The local folder of a served model (a path, or a repo id in the local HF cache)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache: no bundled match possible
+        return None
+
+
+@lru_cache(maxsize=16)
+def resolve_embedder(setting: str, model: str) -> EmbedderChoice:
+    """The embedder `setting` means for `model` (see the module docstring)."""
+    mean = EmbedderChoice(MEAN_BASELINE, None, tuple(k for k in ALLOWED_FACTORS if k > 1))
+    if setting == MEAN_BASELINE:
+        return mean
+    if setting != AUTO_EMBEDDER:
+        folder = Path(setting).expanduser()
+        if not (folder / EMBEDDER_CONFIG_NAME).is_file():
+            raise ValueError(f"embedder folder {folder} has no {EMBEDDER_CONFIG_NAME}")
+        return EmbedderChoice(folder.name, str(folder), _checkpoint_factors(folder))
+    model_folder = resolve_model_folder(model)
+    candidates = bundled_embedders()
+    if model_folder is not None and candidates:
+        from .embedder import base_model_identity
+
+        try:
+            identity = base_model_identity(model_folder).fingerprint
+        except Exception as exc:  # noqa: BLE001 - an unusual layout: fall back, say why
+            logger.warning("vllm-landmark: cannot fingerprint %s (%s)", model_folder, exc)
+            identity = None
+        for folder in candidates:
+            data = json.loads((folder / EMBEDDER_CONFIG_NAME).read_text())
+            if identity is not None and data["base_model"]["fingerprint"] == identity:
+                return EmbedderChoice(folder.name, str(folder), _checkpoint_factors(folder))
+    logger.warning(
+        "vllm-landmark: no trained embedder for %s; k>1 uses the untrained mean baseline", model
+    )
+    return mean
