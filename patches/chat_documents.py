@@ -11,6 +11,7 @@ Only the API-server process needs it; it is harmless elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from contextvars import ContextVar
 from typing import Any
@@ -21,6 +22,9 @@ from vllm_landmark.document.items import DocumentError
 
 TARGET_VLLM = ("0.32",)
 _APPLIED_FLAG = "_vllm_landmark_patched"
+
+#: The question of the request being rendered (text of its last user message).
+_request_query: ContextVar[str | None] = ContextVar("landmark_request_query", default=None)
 
 #: Documents parsed while rendering the current request: (processing info, item) pairs.
 _request_documents: ContextVar[list[tuple[Any, dict]] | None] = ContextVar(
@@ -81,17 +85,24 @@ def _wrap_part_parser(original: Any) -> Any:
         except DocumentError as exc:
             raise _validation_error(str(exc)) from exc
         uuid = part.get("uuid")
+        query = _request_query.get()
+        collected = _request_documents.get()
         if isinstance(tracker, chat_utils.AsyncMultiModalItemTracker):
 
             async def resolved(item: dict = item) -> tuple[object, str | None]:
-                return item, uuid
+                # Retrieval runs off the event loop; the plan it writes keys vLLM's caches.
+                loop = asyncio.get_running_loop()
+                planned = await loop.run_in_executor(None, info.plan_item, item, query)
+                if collected is not None:
+                    collected.append((info, planned))
+                return planned, uuid
 
             tracker.add(MODALITY, resolved)
         else:
-            tracker.add(MODALITY, (item, uuid))
-        collected = _request_documents.get()
-        if collected is not None:
-            collected.append((info, item))
+            planned = info.plan_item(item, query)
+            tracker.add(MODALITY, (planned, uuid))
+            if collected is not None:
+                collected.append((info, planned))
         placeholder = info.placeholder.token
         return {"type": "text", "text": placeholder} if wrap_dicts else placeholder
 
@@ -143,13 +154,36 @@ def documents_field_to_parts(messages: list[Any], documents: list[Any]) -> list[
     raise _validation_error("the request has 'documents' but no user message to attach them to")
 
 
+def last_user_text(messages: list[Any]) -> str | None:
+    """The text of the last user message (its text parts joined), the request's question."""
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content.strip() or None
+        texts = [
+            part.get("text", "")
+            for part in content or []
+            if isinstance(part, dict) and part.get("type") == "text"
+        ]
+        return "\n".join(t for t in texts if t).strip() or None
+    return None
+
+
 def _wrap_render_chat(original: Any) -> Any:
     @functools.wraps(original)
     async def render_chat(self: Any, request: Any, *args: Any, **kwargs: Any):
-        if request.documents and _landmark_enabled(self.model_config):
+        if not _landmark_enabled(self.model_config):
+            return await original(self, request, *args, **kwargs)
+        if request.documents:
             request.messages = documents_field_to_parts(request.messages, request.documents)
             request.documents = None
-        return await original(self, request, *args, **kwargs)
+        token = _request_query.set(last_user_text(request.messages))
+        try:
+            return await original(self, request, *args, **kwargs)
+        finally:
+            _request_query.reset(token)
 
     return render_chat
 

@@ -3,7 +3,8 @@
 A document item is a string (the text) or a dict with "text" (str) or "token_ids"
 (list of LLM token ids, already tokenized), and optionally "factor" (force a scaling
 factor for this document) or "plan" (explicit `[start, end, k]` spans over the document's
-LLM tokens, in order; tokens outside every span are left out). Everything is checked here,
+LLM tokens, in order; tokens outside every span are left out) or "query" (the question the
+retriever plans the document for). Everything is checked here,
 before any tokenizing, so that bad input gets a message naming the problem.
 """
 
@@ -27,10 +28,10 @@ def normalize_document(item: Any, config: LandmarkConfig) -> dict[str, Any]:
             f"a document must be a string or a dict with 'text' or 'token_ids', "
             f"got {type(item).__name__}"
         )
-    unknown = sorted(set(item) - {"text", "token_ids", "factor", "plan"})
+    unknown = sorted(set(item) - {"text", "token_ids", "factor", "plan", "query"})
     if unknown:
         raise DocumentError(
-            f"unknown document fields {unknown}; known: factor, plan, text, token_ids"
+            f"unknown document fields {unknown}; known: factor, plan, query, text, token_ids"
         )
     if item.get("factor") is not None and item.get("plan") is not None:
         raise DocumentError("give a document either 'factor' or 'plan', not both")
@@ -63,6 +64,13 @@ def normalize_document(item: Any, config: LandmarkConfig) -> dict[str, Any]:
         out["factor"] = int(factor)
     if item.get("plan") is not None:
         out["plan"] = _check_plan(item["plan"])
+    if item.get("query") is not None:
+        query = item["query"]
+        if not isinstance(query, str) or not query.strip():
+            raise DocumentError("'query' must be a non-empty string (the question to plan for)")
+        if "factor" in out or "plan" in out:
+            raise DocumentError("'query' plans the document: give it without 'factor'/'plan'")
+        out["query"] = query
     return out
 
 

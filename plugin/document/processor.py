@@ -8,6 +8,7 @@ embeddings (see `modeling.py`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any
@@ -26,12 +27,14 @@ from vllm.multimodal.processing import (
 
 from ..compression.choice import EmbedderChoice, resolve_embedder
 from ..compression.factors import DocumentTooLongError, choose_factor
-from ..compression.planner import Plan, PlannedSpan, uniform_plan
+from ..compression.planner import Plan, PlanError, PlannedSpan, plan_spans, uniform_plan
 from ..config import HF_CONFIG_KEY, LandmarkConfig
 from . import MODALITY
 from .items import DocumentError, normalize_document
 from .placeholder import Placeholder, choose_placeholder
 from .tokens import encode_document
+
+logger = logging.getLogger(__name__)
 
 
 class DocumentValidationError(VLLMValidationError, ValueError):
@@ -152,7 +155,18 @@ class DocumentProcessingInfo(BaseProcessingInfo):
                     "tokens",
                     parameter=MODALITY,
                 )
-            return Plan(tuple(PlannedSpan(*span) for span in item["plan"]))
+            plan = Plan(tuple(PlannedSpan(*span) for span in item["plan"]))
+            if plan.soft_tokens > self.budget:
+                raise DocumentValidationError(
+                    f"the plan needs {plan.soft_tokens} soft tokens, over the budget of "
+                    f"{self.budget} (--landmark-budget)",
+                    parameter=MODALITY,
+                )
+            return plan
+        if "query" in item and "text" in item and self.landmark_config.retriever:
+            retrieved = self.retrieval_plan(item["text"], item["query"], token_ids)
+            if retrieved is not None:
+                return retrieved
         try:
             factor = choose_factor(
                 len(token_ids), self.budget, self.landmark_config, factors=self.factors
@@ -160,6 +174,56 @@ class DocumentProcessingInfo(BaseProcessingInfo):
         except DocumentTooLongError as exc:
             raise DocumentValidationError(str(exc), parameter=MODALITY) from exc
         return uniform_plan(len(token_ids), factor)
+
+    def retrieval_plan(self, text: str, query: str, token_ids: list[int]) -> Plan | None:
+        """A plan from the retriever's landmark scores, or None when retrieval cannot help.
+
+        Documents within the budget stay whole at k=1. If the retriever fails (a document it
+        cannot take, say), the uniform plan is used and the reason logged.
+        """
+        if len(token_ids) <= self.budget and 1 in self.factors:
+            return None
+        from ..retrieval.service import get_span_ranker
+
+        try:
+            scores = get_span_ranker(self.landmark_config.retriever).score_all_spans(
+                text, query, llm_tokenizer=self.get_tokenizer()
+            )
+        except (ValueError, RuntimeError) as exc:
+            logger.warning("vllm-landmark: retrieval failed, planning uniformly: %s", exc)
+            return None
+        if scores.llm_num_tokens != len(token_ids):
+            logger.warning(
+                "vllm-landmark: retriever saw %s LLM tokens, the processor %s; planning uniformly",
+                scores.llm_num_tokens,
+                len(token_ids),
+            )
+            return None
+        bounds, values = [], []
+        for (start, end), value in zip(
+            scores.llm_token_offsets.tolist(), scores.score.tolist(), strict=True
+        ):
+            if end > start:
+                bounds.append((int(start), int(end)))
+                values.append(float(value))
+        try:
+            return plan_spans(bounds, values, self.budget, self.factors)
+        except PlanError as exc:
+            raise DocumentValidationError(str(exc), parameter=MODALITY) from exc
+
+    def plan_item(self, item: dict, query: str | None) -> dict:
+        """The item with the retriever's plan written in (the server does this per request).
+
+        Writing the plan, not the question, into the item makes vLLM's cache keys depend on
+        (document, plan): two questions that give the same plan share the cached prefix.
+        """
+        if query is None or "text" not in item or "factor" in item or "plan" in item:
+            return item
+        if not self.landmark_config.retriever:
+            return item
+        token_ids = self.document_token_ids(item)
+        plan = self.retrieval_plan(item["text"], query, token_ids)
+        return item if plan is None else {**item, "plan": [list(t) for t in plan.as_triples()]}
 
 
 class DocumentDummyInputsBuilder(BaseDummyInputsBuilder[DocumentProcessingInfo]):

@@ -1,0 +1,80 @@
+"""Retrieval-guided planning through the real server: the question picks the spans.
+
+The server (tiny Llama + tiny random BGE-M3 as `--landmark-retriever`) plans a document longer
+than the budget from the retriever's landmark scores. The plan it reports must equal the one
+computed here, by another path, from the same encoder, tokenizer, budget and question.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from tests.documents import make_document
+from tests.m3_reference.tiny_m3 import build_tiny_m3
+from tests.server_process import ServerProcess
+from vllm_landmark.compression.planner import plan_spans
+
+BUDGET = 96
+QUESTION = "What did the keeper of the north lighthouse write in the record?"
+
+
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory) -> Path:
+    return build_tiny_m3(tmp_path_factory.mktemp("tiny-m3") / "m3")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, retriever: Path, tmp_path_factory) -> Iterator[ServerProcess]:
+    args = ["--max-model-len", "512", "--landmark-budget", str(BUDGET), "--enforce-eager"]
+    args += ["--landmark-retriever", str(retriever)]
+    with ServerProcess(tiny_model, args, log_dir=tmp_path_factory.mktemp("retrieval-server")) as s:
+        yield s
+
+
+def test_server_plan_equals_the_planner_on_the_retriever_scores(
+    server, tiny_model, retriever
+) -> None:
+    from vllm_landmark.retrieval.m3 import M3Encoder
+    from vllm_landmark.retrieval.spans import SpanRanker
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    document = make_document(tokenizer, 600, seed=41)
+    raw = len(tokenizer.encode(document, add_special_tokens=False))
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    encoded = base64.b64encode(document.encode()).decode()
+    content = [
+        {"type": "file", "file": {"file_data": f"data:text/plain;base64,{encoded}"}},
+        {"type": "text", "text": QUESTION},
+    ]
+    response = client.chat.completions.create(
+        model=str(tiny_model), messages=[{"role": "user", "content": content}], max_tokens=2
+    )
+    block = response.model_extra["landmark"]["documents"][0]
+
+    scores = SpanRanker(M3Encoder(retriever)).score_all_spans(
+        document, QUESTION, llm_tokenizer=tokenizer
+    )
+    bounds = [(int(a), int(b)) for a, b in scores.llm_token_offsets.tolist() if b > a]
+    values = [
+        float(v)
+        for (a, b), v in zip(scores.llm_token_offsets.tolist(), scores.score.tolist(), strict=True)
+        if b > a
+    ]
+    expected = plan_spans(bounds, values, BUDGET)
+    assert block["raw_tokens"] == raw > BUDGET
+    assert block["injected_tokens"] == expected.soft_tokens <= BUDGET
+    assert block["kept_tokens"] == expected.kept_tokens
+    assert block["spans"] == len(expected.spans) > 1
+    assert block["factors"] == sorted({s.factor for s in expected.spans})
+
+    # A different question may plan differently; the same question plans the same again.
+    again = client.chat.completions.create(
+        model=str(tiny_model), messages=[{"role": "user", "content": content}], max_tokens=2
+    )
+    assert again.model_extra["landmark"]["documents"][0] == block
