@@ -10,7 +10,9 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 export HF_HUB_OFFLINE ?= 1
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup demo test test-fast lint bench m3-reference clean
+SUITE_DIR ?= $(HOME)/.cache/vllm-landmark/eval/suite-2k-8k
+
+.PHONY: setup demo test test-fast lint bench m3-reference suite eval-suite bench-serving report clean
 
 setup: $(VENV)/.installed
 
@@ -47,6 +49,21 @@ lint: setup
 
 bench: setup
 	$(PY) -m eval.bench_overhead
+
+# The local long-context suite needs Debian's documentation packages (the sources it samples).
+suite: setup
+	$(VENV)/bin/landmark prepare
+	$(PY) -m eval.suite.generate --out $(SUITE_DIR) --lengths 2k,4k,8k --per-length 1
+
+eval-suite: suite
+	nice -n 10 $(PY) -m eval.suite.run --suite $(SUITE_DIR) --full-lengths 2048,4096 \
+		--budgets 512,1024 --retrieval-budgets 1024
+
+bench-serving: setup
+	nice -n 10 $(PY) -m eval.bench_serving --lengths 1024,2048,4096,7680,16384,32768
+
+report: setup
+	$(PY) -m eval.report
 
 clean:
 	rm -rf $(VENV) $(M3REF_VENV) build *.egg-info

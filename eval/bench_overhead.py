@@ -22,7 +22,7 @@ from pathlib import Path
 
 import openai
 
-from tests.server_process import ServerProcess
+from eval.server_process import ServerProcess
 from tests.tiny_llm import build_tiny_llama
 
 PROMPT = "Write a short note about the lighthouse keeper and the winter storm."

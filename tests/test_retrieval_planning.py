@@ -15,9 +15,9 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from eval.server_process import ServerProcess
 from tests.documents import make_document
 from tests.m3_reference.tiny_m3 import build_tiny_m3
-from tests.server_process import ServerProcess
 from vllm_landmark.compression.planner import plan_spans
 
 BUDGET = 96

@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.server_process import ServerProcess
+from eval.server_process import ServerProcess
 from vllm_landmark import LandmarkConfig, engine_kwargs
 
 pytestmark = pytest.mark.smollm2

@@ -1,0 +1,185 @@
+"""PNG plots from the evaluation JSON: quality vs compression budget, latency vs document length.
+
+    python -m eval.plots [--suite eval/results/suite_cpu.json]
+        [--serving eval/results/serving_cpu.json] [--out-dir eval/results]
+
+Small files on purpose (about 30-60 KB each): they are committed next to the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DPI = 80
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _k_ticks(ax: Any, axis: str = "x") -> None:
+    """Log-2 axis labelled 512, 1K, 2K, ... instead of powers of two."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(value: float, _pos: int) -> str:
+        return f"{value / 1024:g}K" if value >= 1024 else f"{value:g}"
+
+    getattr(ax, f"{axis}axis").set_major_formatter(FuncFormatter(label))
+
+
+def _plain_log_y(ax: Any) -> None:
+    """Log y axis with plain numbers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _budget_of(run: dict[str, Any]) -> int | None:
+    settings = ((run.get("result") or {}).get("run") or {}).get("settings") or {}
+    return settings.get("budget")
+
+
+def quality_points(suite: dict[str, Any]) -> dict[str, dict[int, list[tuple[int, float]]]]:
+    """{kind: {target length: [(tokens the LLM sees for the document, score)]}}.
+
+    kind is "plugin", "full" or "retrieval"; for full mode the x value is the target length
+    (nothing compressed), for the others the run's budget.
+    """
+    out: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    for run in suite["runs"]:
+        label = run["label"]
+        kind = "full" if label == "full" else "retrieval" if "retrieval" in label else "plugin"
+        for length, score in run["result"]["lengths"].items():
+            if score is None:
+                continue
+            x = int(length) if kind == "full" else _budget_of(run)
+            if x is None:
+                continue
+            out.setdefault(kind, {}).setdefault(int(length), []).append((x, score))
+    for per in out.values():
+        for points in per.values():
+            points.sort()
+    return out
+
+
+def plot_quality(suite: dict[str, Any], path: Path) -> Path:
+    """Suite average vs the budget, one line per target length; full and retrieval markers."""
+    plt = _pyplot()
+    points = quality_points(suite)
+    lengths = sorted({n for per in points.values() for n in per})
+    colors = dict(
+        zip(
+            lengths,
+            plt.cm.viridis([i / max(1, len(lengths)) for i in range(len(lengths))]),
+            strict=True,
+        )
+    )  # noqa: E501
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=DPI)
+    styles = {"plugin": ("o-", "plugin (document part)"), "full": ("*", "plain vLLM, pasted"),
+              "retrieval": ("^", "retrieval-only (lexical)")}  # fmt: skip
+    for kind, (style, name) in styles.items():
+        for length in lengths:
+            series = points.get(kind, {}).get(length)
+            if not series:
+                continue
+            xs, ys = zip(*series, strict=True)
+            ax.plot(xs, ys, style, color=colors[length], markersize=9 if kind != "plugin" else 5,
+                    label=f"{name}, {length // 1024}K")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    _k_ticks(ax)
+    ax.set_xlabel("tokens the LLM attends to for the document (budget)")
+    ax.set_ylabel("suite score (0-100)")
+    subset = suite.get("subset") or {}
+    per_point = (
+        subset.get("per_length", 0)
+        * len(subset.get("tasks", []))
+        * len(subset.get("languages", []))
+    )
+    ax.set_title(
+        f"Quality vs compression budget ({suite.get('model', '')}, {per_point} items per point)",
+        fontsize=10,
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_latency(serving: dict[str, Any], path: Path, concurrency: int = 1) -> Path:
+    """Time to first token, end-to-end latency and peak RSS vs document length, per server."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.3), dpi=DPI)
+    names = {"vllm": "plain vLLM (pasted)", "landmark": f"plugin (budget {serving.get('budget')})"}
+    for server, label in names.items():
+        rows = [p for p in serving["points"] if p["server"] == server
+                and p["concurrency"] == concurrency and not p.get("skipped")]  # fmt: skip
+        if not rows:
+            continue
+        rows.sort(key=lambda p: p["document_tokens"])
+        xs = [p["document_tokens"] for p in rows]
+        for ax, key in zip(axes, ("ttft_s", "e2e_s", "peak_rss_gib"), strict=True):
+            ax.plot(xs, [p[key] for p in rows], "o-", label=label)
+    titles = ("time to first token (s)", "end-to-end latency (s)", "peak RSS, server tree (GiB)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log", base=2)
+        _k_ticks(ax)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("document tokens", fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=7)
+    _plain_log_y(axes[0])
+    _plain_log_y(axes[1])
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        f"{serving.get('model', '')}, {serving.get('max_tokens')} new tokens, "
+        f"concurrency {concurrency}, window {serving.get('window')}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(prog="python -m eval.plots", description=__doc__)
+    parser.add_argument("--suite", type=Path, default=Path("eval/results/suite_cpu.json"))
+    parser.add_argument("--serving", type=Path, default=Path("eval/results/serving_cpu.json"))
+    parser.add_argument("--out-dir", type=Path, default=Path("eval/results"))
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    if args.suite.is_file():
+        suite = json.loads(args.suite.read_text())
+        made.append(plot_quality(suite, args.out_dir / "quality_vs_budget.png"))
+    if args.serving.is_file():
+        serving = json.loads(args.serving.read_text())
+        made.append(plot_latency(serving, args.out_dir / "latency_vs_length.png"))
+    if not made:
+        print(
+            "error: no result JSON found; run eval.suite.run / eval.bench_serving", file=sys.stderr
+        )
+        return 2
+    for path in made:
+        print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""eval.report / eval.plots / eval.bench_serving helpers on small synthetic results."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from eval import report
+from eval.bench_serving import RssSampler, content_for
+
+MACHINE = {"arch": "x86_64", "cpu": "test cpu", "cpus": 2, "memory_gib": 24.0, "os": "Linux",
+           "python": "3.11", "gpu": None}  # fmt: skip
+
+
+def suite_result(label: str, budget: int | None, scores: dict[str, float]) -> dict:
+    mode = "full" if label == "full" else "plugin"
+    return {
+        "label": label,
+        "seconds": 12.0,
+        "result": {
+            "datasets": {"needle_en": 50.0},
+            "lengths": scores,
+            "tasks": {"needle": 50.0},
+            "languages": {"en": 50.0},
+            "average": sum(scores.values()) / len(scores),
+            "counts": {"needle_en": {"scored": 2, "malformed": 0, "errors": 0}},
+            "stats": {"needle_en": {"prompt_tokens": 900.0, "latency_s": 1.5}},
+            "run": {"settings": {"mode": mode, "budget": budget, "max_length": 7500}},
+        },
+    }
+
+
+def write_results(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    suite = {
+        "kind": "suite",
+        "machine": MACHINE,
+        "model": "Tiny",
+        "dtype": "float32",
+        "window": 8192,
+        "subset": {"languages": ["en"], "tasks": ["needle"], "lengths": [2048, 4096],
+                   "per_length": 1, "full_mode_lengths": [2048], "limit": None, "seed": 0,
+                   "regenerate": "python -m eval.suite.generate ...", "packages": {"p": "1"}},
+        "servers": {},
+        "command": "python -m eval.suite.run --suite S",
+        "total_seconds": 60.0,
+        "runs": [
+            suite_result("full", None, {"2048": 80.0}),
+            suite_result("plugin-b512", 512, {"2048": 40.0, "4096": 20.0}),
+            suite_result("plugin-b1024", 1024, {"2048": 60.0, "4096": 30.0}),
+        ],
+    }  # fmt: skip
+    points = []
+    for server in ("vllm", "landmark"):
+        for tokens in (1024, 2048, 16384):
+            point = {"server": server, "length": tokens, "document_tokens": tokens,
+                     "concurrency": 1}  # fmt: skip
+            if server == "vllm" and tokens > 8192:
+                point["skipped"] = "document does not fit the 8192-token window"
+            else:
+                slow = tokens / 400 if server == "vllm" else 1.0
+                point.update(ttft_s=slow, e2e_s=slow + 1, decode_tok_s=30.0, output_tok_s=20.0,
+                             prompt_tokens=tokens, peak_rss_gib=2.0, requests=2)  # fmt: skip
+            points.append(point)
+    serving = {"kind": "serving", "machine": MACHINE, "model": "Tiny", "dtype": "float32",
+               "window": 8192, "budget": 1024, "max_tokens": 32, "repeats": 2,
+               "embedder": "mean-baseline", "startup_s": {"vllm": 30.0, "landmark": 31.0},
+               "command": "python -m eval.bench_serving", "points": points}  # fmt: skip
+    (folder / "suite_test.json").write_text(json.dumps(suite))
+    (folder / "serving_test.json").write_text(json.dumps(serving))
+
+
+def test_report_and_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "results"
+    write_results(results)
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "2 vCPU x86_64 (test cpu)" in text
+    assert "| plugin-b512 | plugin, document part, budget 512 soft tokens | 40.00 | 20.00 |" in text
+    assert "document does not fit the 8192-token window" in text
+    assert "| 2048 | 1 | 5.12 | 3.06 |" in text  # plain/plugin TTFT and e2e ratios
+    for png in ("quality_vs_budget.png", "latency_vs_length.png"):
+        size = (results / png).stat().st_size
+        assert 5_000 < size < 150_000
+
+
+def test_content_for_each_server() -> None:
+    assert content_for("vllm", "doc") == "doc\nIn one sentence, what is the document above about?"
+    parts = content_for("landmark", "doc")
+    assert parts[0] == {"type": "document", "document": {"text": "doc"}}
+
+
+def test_rss_sampler_sees_this_process() -> None:
+    pytest.importorskip("psutil")
+    with RssSampler(os.getpid(), interval=0.01) as sampler:
+        block = bytearray(64 << 20)  # 64 MiB, touched
+        block[::4096] = b"x" * len(block[::4096])
+        import time
+
+        time.sleep(0.1)
+    assert sampler.peak >= 64 << 20
