@@ -61,6 +61,10 @@ def cmd_serve(argv: list[str]) -> int:
         argv = [str(prepare_default_llm()), *argv]
     if "--landmark" not in argv:
         argv = [argv[0], "--landmark", *argv[1:]]
+    if any(arg.startswith("--landmark-retriever") for arg in argv):
+        # vLLM loads endpoint plugins only when named; this adds POST /v1/landmark/spans.
+        # (VLLM_PLUGINS is also an allowlist of general plugins: set it yourself to add more.)
+        os.environ.setdefault("VLLM_PLUGINS", "landmark")
     if _is_cpu_build():
         ensure_vllm_metadata()
         _cpu_defaults()

@@ -12,7 +12,6 @@ import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from ..config import ALLOWED_FACTORS, AUTO_EMBEDDER, MEAN_BASELINE
@@ -27,14 +26,6 @@ class EmbedderChoice:
     name: str  # "mean-baseline" or the checkpoint folder's name
     path: str | None  # None for the mean baseline
     factors: tuple[int, ...]  # factors it can serve besides k=1
-
-
-def bundled_embedders() -> list[Path]:
-    """Trained embedder folders shipped in the package (plugin/data/embedders/*)."""
-    root = Path(str(resources.files("vllm_landmark.data"))) / "embedders"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / EMBEDDER_CONFIG_NAME).is_file())
 
 
 def _checkpoint_factors(folder: Path) -> tuple[int, ...]:
@@ -67,19 +58,16 @@ def resolve_embedder(setting: str, model: str) -> EmbedderChoice:
             raise ValueError(f"embedder folder {folder} has no {EMBEDDER_CONFIG_NAME}")
         return EmbedderChoice(folder.name, str(folder), _checkpoint_factors(folder))
     model_folder = resolve_model_folder(model)
-    candidates = bundled_embedders()
-    if model_folder is not None and candidates:
-        from .embedder import base_model_identity
+    if model_folder is not None:
+        from .embedder import find_shipped_embedder
 
         try:
-            identity = base_model_identity(model_folder).fingerprint
+            folder = find_shipped_embedder(model_folder)
         except Exception as exc:  # noqa: BLE001 - an unusual layout: fall back, say why
             logger.warning("vllm-landmark: cannot fingerprint %s (%s)", model_folder, exc)
-            identity = None
-        for folder in candidates:
-            data = json.loads((folder / EMBEDDER_CONFIG_NAME).read_text())
-            if identity is not None and data["base_model"]["fingerprint"] == identity:
-                return EmbedderChoice(folder.name, str(folder), _checkpoint_factors(folder))
+            folder = None
+        if folder is not None:
+            return EmbedderChoice(folder.name, str(folder), _checkpoint_factors(folder))
     logger.warning(
         "vllm-landmark: no trained embedder for %s; k>1 uses the untrained mean baseline", model
     )

@@ -140,6 +140,16 @@ class EmbedderConfig:
         return data
 
     @classmethod
+    def from_folder(cls, folder: str | Path) -> EmbedderConfig:
+        """Read `embedder_config.json` only (cheap: e.g. the API server's trained factors)."""
+        path = Path(folder) / EMBEDDER_CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{folder} is not an embedder folder: no {EMBEDDER_CONFIG_NAME}"
+            )
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbedderConfig:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
@@ -458,7 +468,9 @@ class ExtensibleEmbedder(nn.Module):
         with torch.no_grad():
             self.projection.weight.copy_(torch.eye(spec.hidden_size))
             self.projection.bias.zero_()
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        # A plain attribute, not a buffer: `.to(dtype=bfloat16)` must not round the frequencies
+        # (at position 4,000 a bf16 inv_freq is off by radians); moved to the device on use.
+        object.__setattr__(self, "inv_freq", inv_freq.float())
         self.rope_scaling = rope_scaling
         self.lora_attached = False
         self.lora_merged = False
@@ -510,7 +522,7 @@ class ExtensibleEmbedder(nn.Module):
             module = cls(
                 config,
                 spec,
-                inv_freq.to("meta"),
+                inv_freq,
                 scaling,
                 token_embedding=token_embedding,
                 qkv_bias=qkv_bias,
@@ -529,7 +541,6 @@ class ExtensibleEmbedder(nn.Module):
         state["projection.weight"] = torch.eye(hidden)
         state["projection.bias"] = torch.zeros(hidden)
         module.load_state_dict(state, strict=True, assign=True)
-        module.inv_freq = inv_freq.float()
         module.requires_grad_(False)
         target_dtype = dtype or torch.float32
         return module.to(device=device or "cpu", dtype=target_dtype)
@@ -554,12 +565,7 @@ class ExtensibleEmbedder(nn.Module):
         to continue training; that needs peft) and loads the projection.
         """
         folder, base = Path(folder), Path(base_model_folder)
-        config_path = folder / EMBEDDER_CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(
-                f"{folder} is not an embedder folder: no {EMBEDDER_CONFIG_NAME}"
-            )
-        config = EmbedderConfig.from_dict(json.loads(config_path.read_text()))
+        config = EmbedderConfig.from_folder(folder)
         actual = base_model_identity(base)
         if actual.fingerprint != config.base_model.fingerprint:
             raise EmbedderMismatchError(
@@ -686,7 +692,7 @@ class ExtensibleEmbedder(nn.Module):
 
     def encode(self, token_ids: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """All spans through the stack in one packed forward: (total_tokens, hidden), cu_seqlens."""
-        device = self.inv_freq.device
+        device = self.projection.weight.device
         lengths = [int(ids.numel()) for ids in token_ids]
         flat = torch.cat([ids.reshape(-1) for ids in token_ids]).to(device=device)
         positions = torch.cat([torch.arange(n) for n in lengths]).to(device)
@@ -694,7 +700,7 @@ class ExtensibleEmbedder(nn.Module):
         x = self._embed_tokens(flat)
         dtype = self.projection.weight.dtype
         x = x.to(dtype)
-        freqs = positions[:, None].float() * self.inv_freq[None, :]
+        freqs = positions[:, None].float() * self.inv_freq.to(device)[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.rope_scaling).to(dtype)
         sin = (emb.sin() * self.rope_scaling).to(dtype)
@@ -764,6 +770,29 @@ class ExtensibleEmbedder(nn.Module):
         return self.forward(token_ids, factors)
 
 
+def shipped_embedders_dir() -> Path:
+    """Where trained embedders ship inside the package (vllm_landmark/data/embedders)."""
+    return Path(__file__).resolve().parents[1] / "data" / "embedders"
+
+
+def find_shipped_embedder(
+    base_model_folder: str | Path, root: str | Path | None = None
+) -> Path | None:
+    """The shipped embedder folder trained for this base model (by fingerprint), or None."""
+    root = Path(root) if root is not None else shipped_embedders_dir()
+    if not root.is_dir():
+        return None
+    fingerprint = base_model_identity(base_model_folder).fingerprint
+    for config_path in sorted(root.glob(f"*/{EMBEDDER_CONFIG_NAME}")):
+        try:
+            data = json.loads(config_path.read_text())
+            if data["base_model"]["fingerprint"] == fingerprint:
+                return config_path.parent
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def _read_adapter(folder: Path, config: EmbedderConfig) -> dict[str, torch.Tensor]:
     """The adapter tensors, after checking adapter_config.json describes plain LoRA."""
     adapter_config = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())
@@ -793,4 +822,6 @@ __all__ = [
     "ExtensibleEmbedder",
     "LoraSettings",
     "base_model_identity",
+    "find_shipped_embedder",
+    "shipped_embedders_dir",
 ]

@@ -1,0 +1,1 @@
+"""Training recipe for the extensible embedder (see README.md in this folder)."""

@@ -1,0 +1,198 @@
+"""The embedder recipe on a tiny random Llama: data split, samples, learning, resume, round trip."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recipes.embedder.data import (
+    QATemplate,
+    TokenShards,
+    make_question,
+    prepare,
+    qa_sample,
+)
+from recipes.embedder.train import CONFIG_DIR, TrainConfig, Trainer
+from tests.tiny_llm import _CORPUS_WORDS
+from vllm_landmark.compression.embedder import ExtensibleEmbedder
+
+WORDS = [w for w in _CORPUS_WORDS if w.isalpha()]
+
+
+def _write_documents(folder: Path, count: int = 24) -> Path:
+    """Prose-like files of sentences with numbers, in the tiny tokenizer's vocabulary."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        sentences = []
+        for _ in range(rng.randint(30, 60)):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(8, 16))]
+            words.insert(rng.randint(1, len(words) - 1), str(rng.randint(10, 1999)))
+            sentences.append(" ".join(words).capitalize() + ".")
+        (folder / f"doc{index:02d}.txt").write_text(" ".join(sentences))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    docs = _write_documents(tmp_path_factory.mktemp("docs"))
+    out = tmp_path_factory.mktemp("prepared")
+    sources = [{"name": "synthetic", "kind": "files", "globs": [str(docs / "*.txt")]}]
+    prepare(out, tiny_model, sources=sources, heldout_permille=250, min_doc_tokens=64)
+    return out
+
+
+def _config(tiny_model: Path, data: Path, output: Path, **overrides) -> TrainConfig:
+    return TrainConfig.load(
+        CONFIG_DIR / "tiny.json",
+        base_model=str(tiny_model),
+        data_dir=str(data),
+        output_dir=str(output),
+        **overrides,
+    )
+
+
+def test_prepare_splits_by_file_deterministically(tiny_data: Path, tiny_model: Path, tmp_path):
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["documents"] > 0
+    assert manifest["splits"]["heldout"]["documents"] > 0
+    train = {d["path"] for d in TokenShards.load(tiny_data, "train").docs}
+    heldout = {d["path"] for d in TokenShards.load(tiny_data, "heldout").docs}
+    assert not train & heldout and len(train | heldout) == 24
+    again = tmp_path / "again"
+    prepare(again, tiny_model, sources=manifest["sources"], heldout_permille=250, min_doc_tokens=64)
+    for name in ("train.tokens.npy", "heldout.tokens.npy", "train.docs.json"):
+        assert (again / name).read_bytes() == (tiny_data / name).read_bytes()
+
+
+def test_qa_samples_ask_about_their_own_context(tiny_data: Path, tiny_model: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    template = QATemplate(tokenizer)
+    shards = TokenShards.load(tiny_data, "train")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        sample = qa_sample(shards, rng, template, context_tokens=(60, 80), factors=(4,))
+        context = tokenizer.decode(sample.context.tolist())
+        answer = tokenizer.decode(sample.target.tolist(), skip_special_tokens=True).strip()
+        assert answer and answer in context
+        assert sample.target[-1].item() == tokenizer.eos_token_id
+        assert "<|im_start|>user" in tokenizer.decode(sample.prefix.tolist())
+        assert "assistant" in tokenizer.decode(sample.suffix.tolist())
+    question, answer = make_question(
+        "window cuts this one. The engine was built in 1887 by the north railway. "
+        "The window cuts this last sentence ",
+        np.random.default_rng(1),
+    )
+    assert answer in "The engine was built in 1887 by the north railway."
+
+
+def test_loss_decreases_on_a_fixed_batch(tiny_data: Path, tiny_model: Path, tmp_path: Path):
+    trainer = Trainer(_config(tiny_model, tiny_data, tmp_path / "run"), progress=False)
+    batch = trainer.batch_for(1)
+    assert {s.factor for s in batch} <= {2, 4, 8}
+    with torch.no_grad():
+        trainer.embedder.eval()
+        before = float(trainer.loss(batch)[0])
+    for step in range(1, 21):
+        trainer.train_step(min(step, 4), batch)
+    with torch.no_grad():
+        trainer.embedder.eval()
+        after = float(trainer.loss(batch)[0])
+    assert after < 0.8 * before, (before, after)
+
+
+def test_resume_equals_uninterrupted_and_round_trip(tiny_data, tiny_model, tmp_path):
+    straight = Trainer(_config(tiny_model, tiny_data, tmp_path / "a"), progress=False)
+    final_a = straight.run()
+    assert final_a is not None
+
+    first = Trainer(_config(tiny_model, tiny_data, tmp_path / "b"), progress=False)
+    assert first.run(stop_after_steps=3) is None
+    resumed = Trainer(_config(tiny_model, tiny_data, tmp_path / "b"), progress=False)
+    assert resumed.step == 3
+    final_b = resumed.run()
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == "train"
+    ]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    from safetensors.torch import load_file
+
+    for name in ("adapter_model.safetensors", "projection.safetensors"):
+        a, b = load_file(final_a / name), load_file(final_b / name)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+    # The saved folder loads (merged, no peft) to the same function as the in-memory module.
+    config = json.loads((final_a / "embedder_config.json").read_text())
+    assert config["training"]["steps"] == 6
+    loaded = ExtensibleEmbedder.from_pretrained(final_a, tiny_model)
+    straight.embedder.eval()
+    spans = [s.context for s in straight.batch_for(2)]
+    factors = [2, 4, 8, 4]
+    for got, want in zip(
+        loaded.embed_spans(spans, factors),
+        straight.embedder.embed_spans(spans, factors),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert any(
+        json.loads(line)["type"] == "eval"
+        for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    )
+
+
+def test_perplexity_eval_runs_on_the_tiny_model(tiny_data, tiny_model, tmp_path):
+    from eval.perplexity import main as perplexity_main
+
+    run = Trainer(_config(tiny_model, tiny_data, tmp_path / "run"), progress=False).run()
+    output = tmp_path / "ppl.json"
+    perplexity_main(
+        [
+            "--base-model",
+            str(tiny_model),
+            "--embedder",
+            str(run),
+            "--data-dir",
+            str(tiny_data),
+            "--samples",
+            "4",
+            "--context-tokens",
+            "48",
+            "--target-tokens",
+            "12",
+            "--factors",
+            "2",
+            "4",
+            "16",
+            "--output",
+            str(output),
+        ]
+    )
+    result = json.loads(output.read_text())
+    names = set(result["perplexity"])
+    assert {"none", "full", "mean@2", "embedder@2", "swapped-embedder@4", "mean@16"} <= names
+    assert "embedder@16" not in names  # not a trained factor: reported as skipped
+    assert result["skipped"] == ["embedder@16", "swapped-embedder@16"]
+    assert all(v["ppl"] > 1 for v in result["perplexity"].values())
+
+    # Shipping refuses anything that does not beat both baselines at every trained factor.
+    from recipes.embedder.export import check_perplexity, write_loss_curve
+
+    curve = tmp_path / "curve.csv"
+    assert write_loss_curve(tmp_path / "run" / "metrics.jsonl", curve, [2, 4, 8]) == 6
+    header = curve.read_text().splitlines()[0]
+    assert header.startswith("step,stage,loss") and "heldout_loss_k8" in header
+    fake = {"perplexity": {"none": {"ppl": 50}, "mean@2": {"ppl": 80}, "embedder@2": {"ppl": 30}}}
+    assert check_perplexity(fake, [2]) == []
+    fake["perplexity"]["embedder@2"]["ppl"] = 60
+    assert check_perplexity(fake, [2]) == ["k=2: embedder 60.00 does not beat none 50.00"]
+    assert check_perplexity(fake, [2, 4])[-1] == "k=4: not measured"
