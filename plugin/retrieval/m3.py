@@ -2,7 +2,9 @@
 
 Score definitions follow FlagEmbedding 1.4.2 (``BGEM3FlagModel``), the parity reference:
 
-* dense: the normalized ``[CLS]`` vector; score = inner product.
+* dense: the normalized ``[CLS]`` vector; score = inner product. A folder whose
+  sentence-transformers ``1_Pooling/config.json`` asks for mean pooling (e5, the default
+  retriever) gives the normalized mean of the token states instead.
 * lexical weights: ``relu(sparse_linear(h))`` per token, the maximum per token id, keyed by
   ``str(token_id)``; ids of the cls/eos/pad/unk tokens and weights <= 0 are dropped (``<mask>``
   and other special tokens are kept, as in FlagEmbedding). Score = sum over shared ids of the
@@ -18,6 +20,9 @@ Differences from FlagEmbedding, on purpose:
 * ``encode`` does not truncate unless asked (``truncation=True``); FlagEmbedding silently cuts
   every text at 512 tokens. An input longer than the limit is an error.
 * Empty or whitespace-only texts are errors (FlagEmbedding encodes them as ``<s></s>``).
+* Prompts: a folder whose ``config_sentence_transformers.json`` has ``prompts`` (e5:
+  ``"query: "`` / ``"passage: "``) gets them prepended by ``encode(prompt_name=...)``, and by
+  ``compute_score`` to its queries and passages. BGE-M3 has none: nothing changes for it.
 * Lone UTF-16 surrogates (``"\\ud800"``, which Python strings can hold but UTF-8 cannot encode,
   and which make the tokenizer raise) are replaced with U+FFFD; a high+low surrogate pair is
   joined into the character it encodes.
@@ -32,6 +37,7 @@ Differences from FlagEmbedding, on purpose:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -63,6 +69,10 @@ HEAD_FILES: dict[str, tuple[str, ...]] = {
     "sparse_linear": ("sparse_linear.pt", "sparse_linear.safetensors"),
     "colbert_linear": ("colbert_linear.pt", "colbert_linear.safetensors"),
 }
+
+#: sentence-transformers files read for the pooling mode and the prompts (both optional).
+POOLING_FILE = "1_Pooling/config.json"
+PROMPTS_FILE = "config_sentence_transformers.json"
 
 # Model types whose position ids start after the padding index (RoBERTa family).
 _OFFSET_POSITION_MODELS = {"xlm-roberta", "roberta", "camembert", "xlm-roberta-xl"}
@@ -233,6 +243,33 @@ def _linear_from_state(
     return linear
 
 
+def _read_pooling(folder: Path) -> Literal["cls", "mean"]:
+    """``"mean"`` when the folder's sentence-transformers pooling says so, else ``"cls"``."""
+    file = folder / POOLING_FILE
+    if not file.is_file():
+        return "cls"
+    config = json.loads(file.read_text())
+    modes = sorted(k for k, v in config.items() if k.startswith("pooling_mode_") and v is True)
+    if modes in ([], ["pooling_mode_cls_token"]):
+        return "cls"
+    if modes == ["pooling_mode_mean_tokens"]:
+        return "mean"
+    raise ValueError(f"{file}: unsupported pooling {modes} (CLS or mean pooling only)")
+
+
+def _read_prompts(folder: Path) -> dict[str, str]:
+    """The ``prompts`` of the folder's ``config_sentence_transformers.json`` (may be empty)."""
+    file = folder / PROMPTS_FILE
+    if not file.is_file():
+        return {}
+    prompts = json.loads(file.read_text()).get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
+    ):
+        raise ValueError(f"{file}: 'prompts' must map names to strings")
+    return dict(prompts)
+
+
 class M3Encoder:
     """A BGE-M3 encoder loaded from a local folder (encoder + tokenizer + optional heads).
 
@@ -242,6 +279,8 @@ class M3Encoder:
     attention on the CPU costs memory in ``batch * length**2``; a text alone needs none).
     A folder without ``sparse_linear`` / ``colbert_linear`` is accepted with a warning; asking
     for the missing output raises :class:`MissingHeadError` (heads are never made up at random).
+    :attr:`pooling` (``"cls"`` or ``"mean"``) and :attr:`prompts` come from the folder's
+    sentence-transformers files when it has them (see the module docstring).
     """
 
     def __init__(
@@ -273,6 +312,10 @@ class M3Encoder:
         self.model.to(self.device).eval()
         config = self.model.config
         self.hidden_size: int = config.hidden_size
+        #: How the dense vector pools the token states: ``"cls"`` (BGE-M3) or ``"mean"`` (e5).
+        self.pooling: Literal["cls", "mean"] = _read_pooling(self.path)
+        #: Text prefixes by name, e.g. ``{"query": "query: ", "passage": "passage: "}`` for e5.
+        self.prompts: dict[str, str] = _read_prompts(self.path)
 
         missing = []
         self.sparse_linear: torch.nn.Linear | None = None
@@ -344,7 +387,12 @@ class M3Encoder:
     # ------------------------------------------------------------------------------------------
 
     def tokenize(
-        self, texts: Sequence[str], *, max_length: int | None = None, truncation: bool = False
+        self,
+        texts: Sequence[str],
+        *,
+        max_length: int | None = None,
+        truncation: bool = False,
+        prompt_name: str | None = None,
     ) -> list[list[int]]:
         """Checked token ids (with special tokens) of each text; see :meth:`encode`."""
         if isinstance(texts, str):
@@ -355,6 +403,9 @@ class M3Encoder:
         if not 2 < limit <= self.max_length:
             raise ValueError(f"max_length must be in 3..{self.max_length}, got {limit}")
         cleaned = [clean_text(t, i) for i, t in enumerate(texts)]
+        prompt = self.prompts.get(prompt_name, "") if prompt_name is not None else ""
+        if prompt:
+            cleaned = [prompt + t for t in cleaned]
         kwargs: dict[str, Any] = {"truncation": True, "max_length": limit} if truncation else {}
         ids: list[list[int]] = self.tokenizer(
             cleaned, add_special_tokens=True, return_attention_mask=False, verbose=False, **kwargs
@@ -393,13 +444,16 @@ class M3Encoder:
         return_sparse: bool | None = None,
         return_colbert_vecs: bool | None = None,
         batch_size: int | None = None,
+        prompt_name: str | None = None,
     ) -> M3Output:
         """Encode texts; outputs always come as lists/arrays in input order (a str is one text).
 
         ``max_length`` (default and upper bound: :attr:`max_length`) counts special tokens.
         A longer text is an error unless ``truncation=True``. ``return_sparse`` /
         ``return_colbert_vecs`` default to "if the head is there"; ``True`` without the head
-        raises :class:`MissingHeadError`.
+        raises :class:`MissingHeadError`. ``prompt_name`` (e.g. ``"query"``, ``"passage"``)
+        prepends that prompt of :attr:`prompts` to every text (none if the folder has no such
+        prompt); ``max_length`` then counts the prompt's tokens too.
         """
         want_sparse = self.has_sparse if return_sparse is None else bool(return_sparse)
         want_colbert = (
@@ -417,6 +471,7 @@ class M3Encoder:
             [texts] if isinstance(texts, str) else texts,
             max_length=max_length,
             truncation=truncation,
+            prompt_name=prompt_name,
         )
         n = len(ids)
         dense: list[np.ndarray | None] = [None] * n
@@ -433,7 +488,12 @@ class M3Encoder:
                     mask[row, : lengths[i]] = 1
                 input_ids, mask = input_ids.to(self.device), mask.to(self.device)
                 hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                d = F.normalize(hidden[:, 0], dim=-1).float().cpu().numpy()
+                if self.pooling == "mean":
+                    m = mask.unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * m).sum(dim=1) / m.sum(dim=1)
+                else:
+                    pooled = hidden[:, 0]
+                d = F.normalize(pooled, dim=-1).float().cpu().numpy()
                 weights = c = None
                 if want_sparse:
                     weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu()
@@ -502,6 +562,7 @@ class M3Encoder:
         Queries and passages are truncated to their max lengths (default: the encoder limit).
         ``weights`` are (dense, sparse, colbert), default :data:`DEFAULT_WEIGHTS`; each mixed
         score divides by the sum of the weights it uses ("sparse+dense" is NaN if both are 0).
+        Queries take the folder's ``"query"`` prompt and passages its ``"passage"`` prompt, if any.
         """
         w_dense, w_sparse, w_colbert = _check_weights(weights)
         # As in FlagEmbedding, two strings (tuple or list) are one pair.
@@ -526,12 +587,14 @@ class M3Encoder:
             max_length=max_query_length,
             truncation=True,
             batch_size=batch_size,
+            prompt_name="query",
         )
         p = self.encode(
             [p[1] for p in pair_list],
             max_length=max_passage_length,
             truncation=True,
             batch_size=batch_size,
+            prompt_name="passage",
         )
         assert q.lexical_weights is not None and p.lexical_weights is not None
         assert q.colbert_vecs is not None and p.colbert_vecs is not None
