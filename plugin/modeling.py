@@ -33,6 +33,9 @@ from .document.processor import (
 
 ARCHITECTURE = "LandmarkForCausalLM"
 
+#: Longest piece of a span the trained embedder reads at once (its training context length).
+EMBEDDER_WINDOW = 512
+
 
 def _flat(value: Any) -> torch.Tensor:
     """A flat field as one 1-D tensor, whether vLLM concatenated the items or not."""
@@ -130,13 +133,24 @@ class LandmarkForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
                 for embeds, factor in zip(spans, factors, strict=True)
             ]
         out: list[torch.Tensor] = list(spans)
-        compressed = [i for i, factor in enumerate(factors) if factor > 1]
-        if compressed:
-            soft = self._embedder.embed_spans(
-                [span_ids[i] for i in compressed], [factors[i] for i in compressed]
-            )
-            for index, embeds in zip(compressed, soft, strict=True):
-                out[index] = embeds.to(spans[index].dtype)
+        # Long spans are cut into pieces of at most EMBEDDER_WINDOW tokens (a multiple of every
+        # factor, so the soft-token count is unchanged): the embedder was trained on contexts
+        # of that length, and attention cost stays linear in the span length.
+        pieces: list[torch.Tensor] = []
+        piece_factors: list[int] = []
+        owners: list[int] = []
+        for index, (ids, factor) in enumerate(zip(span_ids, factors, strict=True)):
+            if factor == 1:
+                continue
+            for piece in torch.split(ids, EMBEDDER_WINDOW):
+                pieces.append(piece)
+                piece_factors.append(factor)
+                owners.append(index)
+        if pieces:
+            soft = self._embedder.embed_spans(pieces, piece_factors)
+            for index in sorted(set(owners)):
+                parts = [emb for emb, owner in zip(soft, owners, strict=True) if owner == index]
+                out[index] = torch.cat(parts).to(spans[index].dtype)
         return out
 
     def _load_embedder(self) -> None:
