@@ -92,6 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _cpu_defaults(in_process=True)
     from rich.console import Console
 
+    from .compression.choice import resolve_embedder
     from .config import LandmarkConfig
     from .default_models import prepare_default_llm
     from .document.placeholder import choose_placeholder
@@ -140,7 +141,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(f"[bold]Answer:[/bold] {answer}")
     console.print(
         f"document: {raw_tokens} tokens, injected as {injected} soft tokens "
-        f"(embedder {config.embedder}); prompt {len(output.prompt_token_ids)} tokens; "
+        f"(k>1 embedder: {resolve_embedder(config.embedder, model).name}); "
+        f"prompt {len(output.prompt_token_ids)} tokens; "
         f"answered in {elapsed:.1f} s"
     )
     expected = meta.get("expected_answer_contains")
