@@ -48,8 +48,9 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
     (
         "--landmark-retriever",
         "retriever",
-        "folder",
-        "BGE-M3-layout folder used to rank document spans.",
+        "retriever",
+        "Rank document spans by the question: 'default' (bundled multilingual-e5-small with "
+        "trained lexical and multi-vector heads) or a BGE-M3-layout folder (e.g. BAAI/bge-m3).",
     ),
     (
         "--landmark-max-document-tokens",
@@ -111,12 +112,19 @@ def _embedder(value: str) -> str:
     return value if value in (AUTO_EMBEDDER, MEAN_BASELINE) else _folder(value)
 
 
+def _retriever(value: str) -> str:
+    from vllm_landmark.config import DEFAULT_RETRIEVER
+
+    return value if value == DEFAULT_RETRIEVER else _folder(value)
+
+
 _TYPES = {
     "positive_int": _positive_int,
     "factor": _factor,
     "factors": _factors,
     "folder": _folder,
     "embedder": _embedder,
+    "retriever": _retriever,
     "str": str,
 }
 

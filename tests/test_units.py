@@ -60,7 +60,7 @@ def test_config_validates_every_setting(tmp_path) -> None:
         LandmarkConfig(factors=(1, 64))
     with pytest.raises(LandmarkConfigError, match="budget=0"):
         LandmarkConfig(budget=0)
-    with pytest.raises(LandmarkConfigError, match="not an existing folder"):
+    with pytest.raises(LandmarkConfigError, match="nor an existing folder"):
         LandmarkConfig(retriever=str(tmp_path / "missing"))
     with pytest.raises(LandmarkConfigError, match="neither"):
         LandmarkConfig(embedder=str(tmp_path / "missing"))
