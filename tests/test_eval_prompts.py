@@ -155,3 +155,24 @@ def test_build_request_per_mode(word_tokenizer) -> None:
     # two-sentence windows containing "keeper" score; the first one that fits 8 tokens wins
     assert req.messages[0]["content"] == "Q:\n\nw1 w2. w3 keeper w4.\n\nkeeper?"
     assert meta["retrieval"]["retriever"] == "lexical" and meta["retrieval"]["spans"]
+
+
+def test_build_request_equal_budget_modes(word_tokenizer) -> None:
+    """truncate keeps the context's head and tail within the budget; --server-plans asks."""
+    config = _config()
+    item = {"context": " ".join(f"w{i}" for i in range(12)), "input": "Q", "answers": ["A"]}
+    settings = PredSettings(mode="truncate", budget=4, max_length=100)
+    req, meta = build_request("qasper", item, settings, config, word_tokenizer)
+    context = req.messages[0]["content"].removeprefix("Q:\n\n").removesuffix("\n\nQ")
+    assert context.startswith("w0") and context.endswith("w11") and "w5" not in context
+    assert len(word_tokenizer.encode(context, add_special_tokens=False)) <= 4
+    assert meta["context_tokens"] >= 12 and meta["context_truncated"]
+    with pytest.raises(ValueError, match="--budget"):
+        build_request("qasper", item, PredSettings(mode="truncate"), config, word_tokenizer)
+    # plugin with the server planning: the question travels as the document's query
+    settings = PredSettings(mode="plugin", budget=5, server_plans=True)
+    req, meta = build_request("qasper", item, settings, config, word_tokenizer)
+    assert req.messages[0]["content"][1]["document"] == {"text": item["context"], "query": "Q"}
+    assert "factor" not in meta
+    with pytest.raises(ValueError, match="not both"):
+        p.document_content("a", "b", "c", factor=2, query="q")

@@ -14,8 +14,13 @@ Modes:
   budget; ``--factor K`` forces one. Data sets that skip the chat template are sent with a
   pass-through template (the server needs ``--trust-request-chat-template``), unless
   ``--always-chat-template``.
+  ``--server-plans`` instead sends the item's question as the document's ``query`` and no
+  factor: a server started with ``--landmark-retriever`` and ``--landmark-budget`` then plans
+  span by span (retrieved spans near raw, the rest compressed).
 * ``retrieval-only``: only the top retrieved spans of the context (``--budget`` tokens of them,
-  ``--retriever lexical|m3``) are pasted as the context.
+  ``--retriever lexical|m3``, ``--retriever-model DIR|default``) are pasted as the context.
+* ``truncate``: the context alone is middle-truncated to ``--budget`` model tokens (LongBench's
+  rule), then pasted: the plain baseline at the same budget as the two modes above.
 
 Output: ``OUT/<dataset>.jsonl`` (``pred``, ``answers``, ``all_classes``, ``length`` as the
 published script writes, plus ``_id``, token counts, latency and the plugin's ``landmark``
@@ -69,7 +74,7 @@ from eval.longbench.prompts import (
 )
 from eval.longbench.retrieval import RetrieverUnavailable, SpanRetriever, make_retriever
 
-MODES = ("full", "plugin", "retrieval-only")
+MODES = ("full", "plugin", "retrieval-only", "truncate")
 LONGBENCH_V1 = tuple(name for names in CATEGORIES.values() for name in names)
 #: Item fields copied into each prediction line (besides pred/answers/all_classes/length).
 CARRIED_FIELDS = ("language", "task", "target_length", "depth")
@@ -89,6 +94,7 @@ class PredSettings:
     factor: int | None = None
     factors: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     always_chat_template: bool = False
+    server_plans: bool = False
 
 
 def load_tokenizer(name_or_path: str) -> Any:
@@ -143,9 +149,14 @@ def build_request(
     meta: dict[str, Any] = {}
     if settings.mode == "plugin" and item["context"].strip():
         prefix, suffix = split_template(template, item)
-        factor = choose_document_factor(tokenizer, item["context"], settings)
-        meta["factor"] = factor
-        content = document_content(prefix, item["context"], suffix, factor=factor)
+        if settings.server_plans:
+            # The server's retriever plans for the question; without one it uses the message.
+            query = item["input"].strip() or None
+            content = document_content(prefix, item["context"], suffix, query=query)
+        else:
+            factor = choose_document_factor(tokenizer, item["context"], settings)
+            meta["factor"] = factor
+            content = document_content(prefix, item["context"], suffix, factor=factor)
         request = GenerationRequest(
             max_tokens=max_tokens,
             messages=[{"role": "user", "content": content}],
@@ -163,6 +174,12 @@ def build_request(
             item["context"], item["input"], retriever, tokenizer, budget
         )
         meta["retrieval"] = info
+        item = {**item, "context": context}
+    if settings.mode == "truncate":
+        if settings.budget is None:
+            raise ValueError("truncate mode needs --budget")
+        context, before, cut = middle_truncate(item["context"], tokenizer, settings.budget)
+        meta.update(context_tokens=before, context_truncated=cut)
         item = {**item, "context": context}
     prompt = format_prompt(template, item)
     prompt, before, truncated = middle_truncate(prompt, tokenizer, settings.max_length)
@@ -367,7 +384,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     prompt.add_argument("--factor", type=int, help="plugin: force this scaling factor")
     prompt.add_argument("--factors", default="1,2,4,8,16,32", help="plugin: allowed factors")
     prompt.add_argument("--retriever", default="lexical", help="retrieval-only: lexical or m3")
-    prompt.add_argument("--retriever-model", help="retrieval-only: M3 model folder")
+    prompt.add_argument(
+        "--retriever-model", help="retrieval-only: M3 model folder, or 'default' (bundled)"
+    )
+    prompt.add_argument(
+        "--server-plans",
+        action="store_true",
+        help="plugin: send the question as the document's query, no factor (the server's "
+        "retriever and budget plan the document)",
+    )
     prompt.add_argument(
         "--always-chat-template",
         action="store_true",
@@ -398,6 +423,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("give exactly one of --base-url and --offline")
     if args.offline and not args.model:
         parser.error("--offline needs --model (a model folder)")
+    if args.server_plans and (args.mode != "plugin" or args.factor is not None):
+        parser.error("--server-plans is for --mode plugin, without --factor")
+    if args.mode == "truncate" and args.budget is None:
+        parser.error("--mode truncate needs --budget (context tokens to keep)")
     return args
 
 
@@ -510,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         factor=args.factor,
         factors=tuple(int(k) for k in args.factors.split(",")),
         always_chat_template=args.always_chat_template,
+        server_plans=args.server_plans,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.timezone.utc)

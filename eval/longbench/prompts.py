@@ -169,7 +169,12 @@ def split_template(template: str, item: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def document_content(
-    prefix: str, document: str, suffix: str, *, factor: int | None = None
+    prefix: str,
+    document: str,
+    suffix: str,
+    *,
+    factor: int | None = None,
+    query: str | None = None,
 ) -> list[dict[str, Any]]:
     """Chat content parts ``[text, document, text]`` that read like the pasted prompt.
 
@@ -177,10 +182,15 @@ def document_content(
     same tokens as ``prefix + document + suffix``, one newline that the join re-creates is
     dropped from the end of the prefix and from the start of the suffix; empty parts are left
     out. A prefix not ending in a newline (``"Story: {context}"``) gets one extra newline.
+    ``query`` asks a server with a retriever to plan the document for that question.
     """
+    if factor is not None and query is not None:
+        raise ValueError("give a document either a factor or a query, not both")
     body: dict[str, Any] = {"text": document}
     if factor is not None:
         body["factor"] = int(factor)
+    if query is not None:
+        body["query"] = query
     parts: list[dict[str, Any]] = []
     head = prefix[:-1] if prefix.endswith("\n") else prefix
     if head:

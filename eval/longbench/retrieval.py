@@ -143,7 +143,13 @@ class M3SpanRetriever:
                 f"issue 3), which does not import here ({exc}); use --retriever lexical"
             ) from exc
         if not model_dir:
-            raise RetrieverUnavailable("retriever 'm3' needs --retriever-model (a BGE-M3 folder)")
+            raise RetrieverUnavailable(
+                "retriever 'm3' needs --retriever-model (a BGE-M3 folder, or 'default')"
+            )
+        if model_dir == "default":
+            from vllm_landmark.default_models import prepare_default_retriever
+
+            model_dir = str(prepare_default_retriever())
         self.top_k = top_k
         self.ranker = SpanRanker(M3Encoder(model_dir))
 

@@ -2,6 +2,7 @@
 
     python -m eval.suite.run --suite DIR [--model MODEL_DIR] [--window 8192]
         [--full-lengths 2048,4096] [--budgets 512,1024] [--retrieval-budgets 1024]
+        [--compare-budgets 1024 [--retriever default]]
         [--limit N] [--work DIR] [--out eval/results/suite_cpu.json]
 
 Starts plain vLLM (``vllm serve``) for the ``full`` mode and the plugin (``landmark serve
@@ -9,6 +10,13 @@ Starts plain vLLM (``vllm serve``) for the ``full`` mode and the plugin (``landm
 (float32), window and flags, one server at a time. Each mode writes its predictions under
 ``--work`` (resumable: rerunning skips what is done), is scored by ``eval.suite.score``, and
 everything lands in ``--out`` with the machine, the commands and the subset.
+
+``--compare-budgets B`` adds the equal-budget comparison, every arm giving the document at most
+``B`` tokens of the LLM's context: ``truncate-bB`` (the context middle-truncated, plain vLLM),
+``retrieval-m3-bB`` (only the retriever's top spans, pasted raw, plain vLLM), ``plugin-bB``
+(the whole document at one factor) and ``plugin-retrieval-bB`` (a plugin server started with
+``--landmark-retriever R --landmark-budget B`` plans each document for its question: retrieved
+spans near raw, the rest compressed).
 """
 
 from __future__ import annotations
@@ -129,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--full-lengths", default="2048,4096", help="target lengths, full mode")
     parser.add_argument("--budgets", default="512,1024", help="plugin mode soft-token budgets")
     parser.add_argument("--retrieval-budgets", default="1024", help="retrieval-only budgets")
+    parser.add_argument(
+        "--compare-budgets", default="", help="equal-budget comparison at these budgets"
+    )
+    parser.add_argument(
+        "--retriever", default="default", help="M3 folder for --compare-budgets, or 'default'"
+    )
     parser.add_argument("--limit", type=int, help="items per data set")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--work", type=Path, default=default_work_dir("suite-work"))
@@ -155,6 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = ["--max-model-len", str(args.window), *args.server_arg]
     budgets = [int(b) for b in args.budgets.split(",") if b]
     retrieval = [int(b) for b in args.retrieval_budgets.split(",") if b]
+    compare = [int(b) for b in args.compare_budgets.split(",") if b]
+    budgets = sorted(set(budgets) | set(compare))
+    retriever = args.retriever
+    if compare and retriever == "default":
+        from vllm_landmark.default_models import prepare_default_retriever
+
+        retriever = str(prepare_default_retriever())
     full_lengths = parse_lengths(args.full_lengths) if args.full_lengths else []
     limit = ["--limit", str(args.limit)] if args.limit else []
     runs: list[dict[str, Any]] = []
@@ -183,11 +204,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     servers: dict[str, float | None] = {}
-    if full_lengths:
-        data = filtered_suite(args.suite, full_lengths, args.work)
+    if full_lengths or compare:
         with ServerProcess(model, common, landmark=False, log_dir=args.work) as plain:
             servers["vllm_startup_s"] = plain.startup_seconds
-            predict("full", plain, data, ["--mode", "full"])
+            if full_lengths:
+                data = filtered_suite(args.suite, full_lengths, args.work)
+                predict("full", plain, data, ["--mode", "full"])
+            for budget in compare:
+                predict(
+                    f"truncate-b{budget}",
+                    plain,
+                    args.suite,
+                    ["--mode", "truncate", "--budget", str(budget)],
+                )
+                predict(
+                    f"retrieval-m3-b{budget}",
+                    plain,
+                    args.suite,
+                    ["--mode", "retrieval-only", "--budget", str(budget), "--retriever", "m3",
+                     "--retriever-model", retriever],
+                )  # fmt: skip
+    for budget in compare:
+        planned = [*common, "--landmark-budget", str(budget), "--landmark-retriever", retriever]
+        with ServerProcess(model, planned, landmark=True, log_dir=args.work) as plugin:
+            servers[f"landmark_retriever_b{budget}_startup_s"] = plugin.startup_seconds
+            predict(
+                f"plugin-retrieval-b{budget}",
+                plugin,
+                args.suite,
+                ["--mode", "plugin", "--server-plans", "--budget", str(budget)],
+            )
     if budgets or retrieval:
         landmark_args = [*common, "--landmark-budget", str(max(budgets or [1024]))]
         with ServerProcess(model, landmark_args, landmark=True, log_dir=args.work) as plugin:
@@ -218,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lengths": manifest["lengths"],
             "per_length": manifest["per_length"],
             "full_mode_lengths": full_lengths,
+            "compare_budgets": compare,
+            "retriever": retriever if compare else None,
             "limit": args.limit,
             "seed": manifest["seed"],
             "regenerate": manifest["regenerate"],
