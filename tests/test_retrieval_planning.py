@@ -37,12 +37,25 @@ def server(tiny_model: Path, retriever: Path, tmp_path_factory) -> Iterator[Serv
         yield s
 
 
-def test_server_plan_equals_the_planner_on_the_retriever_scores(
-    server, tiny_model, retriever
-) -> None:
+def _expected_plan(retriever: Path, document: str, question: str, tokenizer):
     from vllm_landmark.retrieval.m3 import M3Encoder
     from vllm_landmark.retrieval.spans import SpanRanker
 
+    scores = SpanRanker(M3Encoder(retriever)).score_all_spans(
+        document, question, llm_tokenizer=tokenizer
+    )
+    bounds = [(int(a), int(b)) for a, b in scores.llm_token_offsets.tolist() if b > a]
+    values = [
+        float(v)
+        for (a, b), v in zip(scores.llm_token_offsets.tolist(), scores.score.tolist(), strict=True)
+        if b > a
+    ]
+    return plan_spans(bounds, values, BUDGET)
+
+
+def test_server_plan_equals_the_planner_on_the_retriever_scores(
+    server, tiny_model, retriever
+) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     document = make_document(tokenizer, 600, seed=41)
     raw = len(tokenizer.encode(document, add_special_tokens=False))
@@ -57,16 +70,7 @@ def test_server_plan_equals_the_planner_on_the_retriever_scores(
     )
     block = response.model_extra["landmark"]["documents"][0]
 
-    scores = SpanRanker(M3Encoder(retriever)).score_all_spans(
-        document, QUESTION, llm_tokenizer=tokenizer
-    )
-    bounds = [(int(a), int(b)) for a, b in scores.llm_token_offsets.tolist() if b > a]
-    values = [
-        float(v)
-        for (a, b), v in zip(scores.llm_token_offsets.tolist(), scores.score.tolist(), strict=True)
-        if b > a
-    ]
-    expected = plan_spans(bounds, values, BUDGET)
+    expected = _expected_plan(retriever, document, QUESTION, tokenizer)
     assert block["raw_tokens"] == raw > BUDGET
     assert block["injected_tokens"] == expected.soft_tokens <= BUDGET
     assert block["kept_tokens"] == expected.kept_tokens
@@ -78,3 +82,26 @@ def test_server_plan_equals_the_planner_on_the_retriever_scores(
         model=str(tiny_model), messages=[{"role": "user", "content": content}], max_tokens=2
     )
     assert again.model_extra["landmark"]["documents"][0] == block
+
+
+def test_document_query_plans_instead_of_the_message(server, tiny_model, retriever) -> None:
+    """A document part's own ``query`` is the question the server plans for."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    document = make_document(tokenizer, 600, seed=43)
+    question = "Which ship stayed in the harbour during the winter storm?"
+    instructions = "Answer from the document above, in one short sentence."
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    content = [
+        {"type": "document", "document": {"text": document, "query": question}},
+        {"type": "text", "text": instructions},
+    ]
+    response = client.chat.completions.create(
+        model=str(tiny_model), messages=[{"role": "user", "content": content}], max_tokens=2
+    )
+    block = response.model_extra["landmark"]["documents"][0]
+    expected = _expected_plan(retriever, document, question, tokenizer)
+    # The message text would plan otherwise, so the block tells which question was used.
+    assert _expected_plan(retriever, document, instructions, tokenizer).spans != expected.spans
+    assert block["injected_tokens"] == expected.soft_tokens <= BUDGET
+    assert block["kept_tokens"] == expected.kept_tokens
+    assert block["spans"] == len(expected.spans)

@@ -215,15 +215,21 @@ class DocumentProcessingInfo(BaseProcessingInfo):
         """The item with the retriever's plan written in (the server does this per request).
 
         Writing the plan, not the question, into the item makes vLLM's cache keys depend on
-        (document, plan): two questions that give the same plan share the cached prefix.
+        (document, plan): two questions that give the same plan share the cached prefix. The
+        document's own ``query`` wins over ``query`` (the request's last user message); the
+        planned item keeps the plan instead of it.
         """
+        query = item.get("query") or query
         if query is None or "text" not in item or "factor" in item or "plan" in item:
             return item
         if not self.landmark_config.retriever:
             return item
         token_ids = self.document_token_ids(item)
         plan = self.retrieval_plan(item["text"], query, token_ids)
-        return item if plan is None else {**item, "plan": [list(t) for t in plan.as_triples()]}
+        if plan is None:
+            return item
+        planned = {key: value for key, value in item.items() if key != "query"}
+        return {**planned, "plan": [list(t) for t in plan.as_triples()]}
 
 
 class DocumentDummyInputsBuilder(BaseDummyInputsBuilder[DocumentProcessingInfo]):
