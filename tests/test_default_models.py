@@ -82,3 +82,16 @@ def test_prepare_default_llm(monkeypatch: pytest.MonkeyPatch) -> None:
         )
     answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+
+def test_gguf_file_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from vllm_landmark.default_models import GGUF_ENV_VAR, find_gguf_file
+
+    shipped = find_gguf_file()
+    copy = tmp_path / shipped.name
+    copy.symlink_to(shipped)
+    monkeypatch.setenv(GGUF_ENV_VAR, str(copy))
+    assert find_gguf_file() == copy
+    monkeypatch.setenv(GGUF_ENV_VAR, str(tmp_path / "missing.gguf"))
+    with pytest.raises(RuntimeError, match=GGUF_ENV_VAR):
+        find_gguf_file()

@@ -196,3 +196,44 @@ def test_perplexity_eval_runs_on_the_tiny_model(tiny_data, tiny_model, tmp_path)
     fake["perplexity"]["embedder@2"]["ppl"] = 60
     assert check_perplexity(fake, [2]) == ["k=2: embedder 60.00 does not beat none 50.00"]
     assert check_perplexity(fake, [2, 4])[-1] == "k=4: not measured"
+
+
+def test_fit_stages_keeps_proportions_and_the_past():
+    from recipes.embedder.train import StageConfig, fit_stages
+
+    stages = [StageConfig("pretrain", "ar", 4), StageConfig("qa", "qa", 2, ar_fraction=0.5)]
+    assert [s.steps for s in fit_stages(stages, 2, 60)] == [40, 20]
+    assert [s.steps for s in fit_stages(stages, 5, 12)] == [4, 8]  # stage 1 is already done
+    assert [s.steps for s in fit_stages(stages, 3, 3)] == [4, 1]  # never ends before step + 1
+    long = [StageConfig("pretrain", "ar", 100), StageConfig("qa", "qa", 50)]
+    assert [s.steps for s in fit_stages(long, 40, 60)] == [41, 19]
+    assert fit_stages(stages, 2, 60)[1].ar_fraction == 0.5
+
+
+def test_fit_schedule_rescales_and_survives_resume(tiny_data, tiny_model, tmp_path):
+    overrides = {"fit_minutes": 1.0, "fit_after_steps": 2}
+    config = _config(tiny_model, tiny_data, tmp_path / "run", **overrides)
+    trainer = Trainer(config, progress=False)
+    early = [(config.lr_at(s), config.stage_at(s).name) for s in (1, 2)]
+    trainer.step = 2
+    # 59 s left at 0.5 s/step, 5 % reserve, one evaluation (3 batches) every 3 steps: ~56 steps
+    trainer._fit_schedule([0.5, 0.5], [0.0, 0.0], spent=1.0)
+    assert 40 < config.total_steps < 70, config.stages
+    assert [s.task for s in config.stages] == ["ar", "qa"]
+    assert abs(config.stages[0].steps / config.total_steps - 4 / 6) < 0.05
+    assert [(config.lr_at(s), config.stage_at(s).name) for s in (1, 2)] == early
+    trainer._checkpoint()
+    resumed = Trainer(_config(tiny_model, tiny_data, tmp_path / "run", **overrides), progress=False)
+    assert resumed.step == 2 and resumed.fit == trainer.fit
+    assert resumed.config.stages == config.stages
+    with pytest.raises(ValueError, match="fit_after_steps"):
+        _config(tiny_model, tiny_data, tmp_path / "x", fit_minutes=1.0, fit_after_steps=3)
+
+
+def test_final_on_stop_writes_a_loadable_final(tiny_data, tiny_model, tmp_path):
+    trainer = Trainer(_config(tiny_model, tiny_data, tmp_path / "run"), progress=False)
+    assert trainer.run(stop_after_steps=3, final_on_stop=True) is None
+    final = tmp_path / "run" / "final"
+    training = json.loads((final / "embedder_config.json").read_text())["training"]
+    assert training["stopped_early"] and training["steps"] == 3 and training["total_steps"] == 6
+    ExtensibleEmbedder.from_pretrained(final, tiny_model)

@@ -6,6 +6,12 @@ Every step draws its batch from a generator seeded by (seed, step) and reseeds t
 LoRA dropout, so a run stopped at any checkpoint and started again with the same command
 continues exactly where it was (the optimizer state travels in the checkpoint). A run also
 stops cleanly, after writing a checkpoint, when `max_minutes` of this invocation are spent.
+
+`fit_minutes` sizes a run to a time budget on hardware nobody has timed yet: after
+`fit_after_steps` steps (inside the warm-up, so nothing already computed changes) the median
+seconds per step so far rescale every stage's step count, keeping their proportions, so that the
+cosine schedule ends about `fit_minutes` after this invocation started. The fitted stages are
+stored in the checkpoints and a resumed run keeps them.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class TrainConfig:
     eval_every: int = 0
     eval_samples: int = 8
     max_minutes: float | None = None
+    fit_minutes: float | None = None
+    fit_after_steps: int = 40
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -88,6 +96,11 @@ class TrainConfig:
         for stage in self.stages:
             if stage.task not in ("ar", "qa") or stage.steps < 1:
                 raise ValueError(f"stage {stage.name!r}: task must be ar|qa and steps >= 1")
+        if self.fit_minutes is not None and not 2 <= self.fit_after_steps <= self.warmup_steps:
+            raise ValueError(
+                f"fit_after_steps={self.fit_after_steps} must lie in [2, warmup_steps="
+                f"{self.warmup_steps}] (a fit after the warm-up would change steps already taken)"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -120,6 +133,32 @@ class TrainConfig:
         data.pop("_comment", None)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+
+def fit_stages(stages: list[StageConfig], step: int, new_total: int) -> list[StageConfig]:
+    """Stages rescaled to `new_total` steps in their proportions, steps 1..step unchanged.
+
+    Stages that ended at or before `step` keep their length, the stage holding `step` ends
+    after it, and every later stage keeps at least one step.
+    """
+    old_total = sum(s.steps for s in stages)
+    new_total = max(new_total, step + 1)
+    ends, old_end = [], 0
+    for index, stage in enumerate(stages):
+        old_end += stage.steps
+        if old_end <= step:
+            end = old_end
+        else:
+            end = round(old_end * new_total / old_total)
+            end = max(end, step + 1, (ends[-1] if ends else 0) + 1)
+        if index == len(stages) - 1:
+            end = max(new_total, (ends[-1] if ends else 0) + 1)
+        ends.append(end)
+    starts = [0, *ends[:-1]]
+    return [
+        dataclasses.replace(stage, steps=end - start)
+        for stage, start, end in zip(stages, starts, ends, strict=True)
+    ]
 
 
 def default_output_dir(config: TrainConfig) -> Path:
@@ -197,6 +236,7 @@ class Trainer:
 
             self.template = QATemplate(AutoTokenizer.from_pretrained(config.base_model))
         self.step, self.elapsed_before, self.samples_seen = 0, 0.0, 0
+        self.fit: dict[str, Any] | None = None
         self.embedder, self.optimizer = self._build_or_resume()
         self.metrics_path = self.output / "metrics.jsonl"
         self._truncate_metrics()
@@ -222,6 +262,9 @@ class Trainer:
             state = json.loads((latest / "state.json").read_text())
             self.step, self.elapsed_before = state["step"], state["elapsed_s"]
             self.samples_seen = state["samples_seen"]
+            self.fit = state.get("fit")
+            if self.fit:
+                config.stages = [StageConfig(**stage) for stage in self.fit["stages"]]
             print(f"resuming from {latest} (step {self.step})", file=sys.stderr)
             return embedder, optimizer
         embedder = ExtensibleEmbedder.from_base(
@@ -342,6 +385,7 @@ class Trainer:
             "recipe": "recipes/embedder (two-stream AR + QA fine-tuning)",
             "config": self.config.to_dict(),
             "steps": self.step,
+            "total_steps": self.config.total_steps,
             "samples_seen": self.samples_seen,
             "elapsed_s": round(self.elapsed_before, 1),
             "data": {"splits": manifest.get("splits"), "summary": manifest.get("summary")},
@@ -352,19 +396,84 @@ class Trainer:
             "step": self.step,
             "elapsed_s": self.elapsed_before,
             "samples_seen": self.samples_seen,
+            "fit": self.fit,
             "training": self.training_info(),
         }
         return save_checkpoint(
             self.output, self.embedder, self.optimizer, state, self.config.keep_checkpoints
         )
 
-    def run(self, stop_after_steps: int | None = None) -> Path | None:
-        """Train until the last step (returns the final folder) or a stop (returns None)."""
+    def _fit_schedule(self, step_times: list[float], data_times: list[float], spent: float) -> None:
+        """Rescale the stages so the schedule ends `fit_minutes` after this call started.
+
+        A step of a later stage is costed as the measured step minus the measured batch
+        building time plus that stage's own batch building time (QA samples tokenize their
+        question on the CPU), timed here on a few of its batches.
+        """
+        config = self.config
+        skip = 2 if len(step_times) > 4 else 0  # the first steps include CUDA warm-up
+        s_per_step = float(np.median(step_times[skip:]))
+        data_now = float(np.median(data_times[skip:]))
+        cost, weight, end = 0.0, 0, 0
+        for stage in config.stages:
+            start, end = end, end + stage.steps
+            left_in_stage = end - max(start, self.step)
+            if left_in_stage <= 0:
+                continue
+            stage_cost = s_per_step
+            if start >= self.step:
+                probe = range(start + 1, min(end, start + 3) + 1)
+                began = time.perf_counter()
+                for probe_step in probe:
+                    self.batch_for(probe_step)
+                data_stage = (time.perf_counter() - began) / len(probe)
+                stage_cost = max(s_per_step - data_now + data_stage, 0.5 * s_per_step)
+            cost += stage_cost * left_in_stage
+            weight += left_in_stage
+        mean_cost = cost / weight
+        left_s = 60 * config.fit_minutes - spent
+        # Reserve 5 % for checkpoints and jitter, and the held-out evaluations (each about
+        # one forward per batch of eval samples and factor, costed as a full step each).
+        left_steps = 0.95 * left_s / mean_cost
+        if config.eval_every:
+            eval_batches = len(config.factors) * -(-config.eval_samples // config.batch_size)
+            left_steps /= 1 + eval_batches / config.eval_every
+        old_total = config.total_steps
+        config.stages = fit_stages(config.stages, self.step, self.step + int(left_steps))
+        self.fit = {
+            "at_step": self.step,
+            "s_per_step": round(s_per_step, 4),
+            "mean_step_cost_s": round(mean_cost, 4),
+            "batch_building_s": round(data_now, 4),
+            "fit_minutes": config.fit_minutes,
+            "spent_s": round(spent, 1),
+            "planned_total_steps": old_total,
+            "stages": [dataclasses.asdict(stage) for stage in config.stages],
+        }
+        plan = ", ".join(f"{s.name} {s.steps}" for s in config.stages)
+        print(
+            f"fit: {s_per_step:.3f} s/step (median of steps {skip + 1}-{len(step_times)} of "
+            f"this call, {data_now:.3f} s of it building the batch; {mean_cost:.3f} s/step "
+            f"expected over the stages left), {left_s:.0f} s left of fit_minutes="
+            f"{config.fit_minutes}: "
+            f"{old_total} -> {config.total_steps} steps ({plan})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def run(self, stop_after_steps: int | None = None, final_on_stop: bool = False) -> Path | None:
+        """Train until the last step (returns the final folder) or a stop (returns None).
+
+        `final_on_stop` also writes `final/` when the run stops early (time or step limit), so
+        that a call that cannot come back still leaves an exportable folder; its
+        `embedder_config.json` says how many of the planned steps were done.
+        """
         config = self.config
         total = config.total_steps
         started = time.monotonic()
         last_tick, done_here = started, 0
         step_times: list[float] = []
+        data_times: list[float] = []
         ema = None
         bar = tqdm(
             total=total,
@@ -386,6 +495,7 @@ class Trainer:
                     break
             step = self.step + 1
             samples = self.batch_for(step)
+            data_times.append(time.monotonic() - last_tick)
             loss, per_sample = self.train_step(step, samples)
             now = time.monotonic()
             step_times.append(now - last_tick)
@@ -408,6 +518,25 @@ class Trainer:
                 "elapsed_s": round(self.elapsed_before, 2),
             }
             self._log(record)
+            if (
+                config.fit_minutes is not None
+                and self.fit is None
+                and step >= config.fit_after_steps
+                and done_here >= min(3, config.fit_after_steps)
+                and step < total
+            ):
+                self._fit_schedule(step_times, data_times, now - started)
+                total = config.total_steps
+                bar.total = total
+                bar.refresh()
+            if step in (1, 2, 3, 5, 10, 20) or step % 100 == 0:
+                recent = step_times[-20:]
+                bar.write(
+                    f"step {step}/{total} [{record['stage']}] loss {loss:.3f} (ema {ema:.3f}) "
+                    f"lr {record['lr']:.2e} {step_times[-1]:.3f} s/step (median of last "
+                    f"{len(recent)}: {float(np.median(recent)):.3f}), "
+                    f"{time.monotonic() - started:.0f} s in this call"
+                )
             bar.update(1)
             bar.set_postfix(
                 loss=f"{ema:.3f}", stage=record["stage"], s_per_step=f"{step_times[-1]:.1f}"
@@ -431,6 +560,15 @@ class Trainer:
                 f"stopped at step {self.step}/{total}; run the same command again to resume",
                 file=sys.stderr,
             )
+            if final_on_stop and self.step > 0:
+                final = self.output / "final"
+                shutil.rmtree(final, ignore_errors=True)
+                info = {**self.training_info(), "stopped_early": True}
+                self.embedder.save_pretrained(final, training=info)
+                print(
+                    f"final/ written from step {self.step} (stopped early): {final}",
+                    file=sys.stderr,
+                )
             return None
         final = self.output / "final"
         shutil.rmtree(final, ignore_errors=True)
@@ -450,21 +588,51 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
     parser.add_argument("--stop-after-steps", type=int, help="stop after N steps in this call")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: config)")
+    parser.add_argument(
+        "--fit-minutes", type=float, help="rescale the stages to end after this (see above)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=JSON",
+        help="override any config field, e.g. --set batch_size=4 (repeatable)",
+    )
+    parser.add_argument(
+        "--final-on-stop",
+        action="store_true",
+        help="also write final/ when stopped early by --max-minutes or --stop-after-steps",
+    )
     args = parser.parse_args(argv)
+    sets = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected FIELD=JSON")
+        try:
+            sets[key] = json.loads(value)
+        except json.JSONDecodeError:
+            sets[key] = value  # a bare string
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if set(sets) - known:
+        parser.error(f"--set: unknown fields {sorted(set(sets) - known)}")
     path = Path(args.config)
     if not path.exists() and (CONFIG_DIR / args.config).exists():
         path = CONFIG_DIR / args.config
-    config = TrainConfig.load(
-        path,
-        base_model=args.base_model,
-        data_dir=args.data_dir,
-        output_dir=args.output_dir,
-        max_minutes=args.max_minutes,
-        threads=args.threads,
-    )
+    overrides = {
+        "base_model": args.base_model,
+        "data_dir": args.data_dir,
+        "output_dir": args.output_dir,
+        "max_minutes": args.max_minutes,
+        "threads": args.threads,
+        "device": args.device,
+        "fit_minutes": args.fit_minutes,
+    }
+    config = TrainConfig.load(path, **{**overrides, **sets})  # --set wins
     if config.data_dir:
         config.data_dir = os.path.expanduser(config.data_dir)
-    Trainer(config).run(stop_after_steps=args.stop_after_steps)
+    Trainer(config).run(stop_after_steps=args.stop_after_steps, final_on_stop=args.final_on_stop)
 
 
 if __name__ == "__main__":
