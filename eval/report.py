@@ -72,12 +72,23 @@ def machine_text(machine: dict[str, Any]) -> str:
 
 def _run_desc(run: dict[str, Any]) -> str:
     label = run["label"]
-    settings = ((run["result"].get("run") or {}).get("settings")) or {}
+    info = run["result"].get("run") or {}
+    settings = info.get("settings") or {}
+    budget = settings.get("budget")
+    mode = settings.get("mode")
     if label == "full":
         return f"plain vLLM, context pasted, middle-truncated to {settings.get('max_length')}"
-    if label.startswith("plugin"):
-        return f"plugin, document part, budget {settings.get('budget')} soft tokens"
-    return f"plugin server, retrieval-only: top lexical spans, {settings.get('budget')} tokens"
+    if mode == "truncate":
+        return f"plain vLLM, context middle-truncated to {budget} tokens"
+    if mode == "plugin" and settings.get("server_plans"):
+        return (
+            f"plugin + retriever plan: top spans near raw, the rest compressed, {budget} soft "
+            "tokens"
+        )
+    if mode == "plugin" or label.startswith("plugin"):
+        return f"plugin, whole document at one factor, budget {budget} soft tokens"
+    retriever = info.get("retriever") or "lexical"
+    return f"retrieval-only: top {retriever} spans pasted raw, {budget} tokens"
 
 
 def notes_text(data: dict[str, Any]) -> list[str]:

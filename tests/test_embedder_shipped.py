@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from importlib import resources
 from pathlib import Path
@@ -36,7 +37,11 @@ def test_shipped_embedder_is_found_and_small():
     assert total < 20 * 2**20
     # Shipped as trained only with its record: the measured table and the loss curve.
     assert (SHIPPED / "TRAINING.md").is_file() and (SHIPPED / "loss_curve.csv").is_file()
-    assert json.loads((SHIPPED / "embedder_config.json").read_text())["training"]["steps"] == 170
+    # The recorded step count is the loss curve's last step (the record belongs to these weights).
+    steps = json.loads((SHIPPED / "embedder_config.json").read_text())["training"]["steps"]
+    with (SHIPPED / "loss_curve.csv").open() as curve:
+        last_step = int(list(csv.DictReader(curve))[-1]["step"])
+    assert steps == last_step > 0
 
 
 def test_shipped_embedder_serves_the_default_llm(smollm2: Path):
