@@ -44,7 +44,14 @@ def _packed(lengths, heads, kv_heads, head_dim, seed=0, dtype=torch.float32, dev
 
 @pytest.mark.parametrize(
     ("lengths", "heads", "kv_heads"),
-    [([5, 1, 17, 64], 4, 4), ([33, 2, 8], 9, 3), ([1], 2, 1), ([128, 7], 6, 2)],
+    [
+        ([5, 1, 17, 64], 4, 4),
+        ([33, 2, 8], 9, 3),
+        ([1], 2, 1),
+        ([128, 7], 6, 2),
+        # runs of equal lengths (batched into one call), broken by others and by empty ones
+        ([16, 16, 16, 5, 16, 16, 0, 16, 3, 3], 9, 3),
+    ],
 )
 def test_sdpa_path_equals_naive_reference(lengths, heads, kv_heads):
     q, k, v, cu = _packed(lengths, heads, kv_heads, 32)
@@ -105,3 +112,11 @@ def test_flash_attn_equals_sdpa(dtype):  # pragma: no cover - GPU only
     flash = packed_causal_attention(q, k, v, cu, 256, scale=0.125)
     reference = sdpa_packed_causal_attention(q.float(), k.float(), v.float(), cu, 0.125)
     torch.testing.assert_close(flash.float(), reference, atol=2e-2, rtol=2e-2)
+
+
+def test_equal_length_runs_are_contiguous_groups():
+    from vllm_landmark.compression.attention import _equal_length_runs
+
+    bounds = [0, 4, 8, 12, 13, 17, 17, 21, 25]
+    # an empty sequence holds no tokens, so the runs on either side of it join
+    assert _equal_length_runs(bounds) == [(0, 3, 4), (12, 1, 1), (13, 3, 4)]

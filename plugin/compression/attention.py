@@ -6,7 +6,8 @@ across a boundary. Two implementations of the same function:
 
 - `flash_attn_varlen_func` (flash-attn 2) when it is importable, the tensors are on CUDA and in
   float16/bfloat16 (flash-attn's only dtypes): one kernel for the whole packed batch.
-- torch `scaled_dot_product_attention` otherwise, one `is_causal=True` call per sequence.
+- torch `scaled_dot_product_attention` otherwise, one `is_causal=True` call per sequence (one
+  batched call per run of consecutive equal-length sequences, e.g. a long span's windows).
   A single call with a block-diagonal causal mask over the packed batch was measured slower on
   CPU: it computes (and allocates) the full total x total score matrix, so its cost grows with the
   square of the *batch* length instead of the sum of squared span lengths, and an explicit mask
@@ -55,6 +56,21 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.T
         )
 
 
+def _equal_length_runs(bounds: list[int]) -> list[tuple[int, int, int]]:
+    """(start, count, length) for each run of consecutive sequences of one length (> 0)."""
+    runs: list[tuple[int, int, int]] = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        length = end - start
+        if length <= 0:
+            continue
+        if runs and runs[-1][2] == length and runs[-1][0] + runs[-1][1] * length == start:
+            first, count, _ = runs[-1]
+            runs[-1] = (first, count + 1, length)
+        else:
+            runs.append((start, 1, length))
+    return runs
+
+
 def sdpa_packed_causal_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -62,24 +78,24 @@ def sdpa_packed_causal_attention(
     cu_seqlens: torch.Tensor,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """The torch path: one causal SDPA call per sequence; GQA by repeating kv heads."""
+    """The torch path: causal SDPA per sequence; GQA by repeating kv heads.
+
+    Consecutive sequences of the same length (a long span cut into equal windows) go through
+    one batched call: the same math, far fewer kernel launches on a GPU.
+    """
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
     out = torch.empty_like(q)
-    bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        if end <= start:
-            continue
-        # (heads, n, head_dim) per sequence; SDPA treats the leading dim as the batch.
-        out[start:end] = F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1),
-            k[start:end].transpose(0, 1),
-            v[start:end].transpose(0, 1),
-            is_causal=True,
-            scale=scale,
-        ).transpose(0, 1)
+    heads, head_dim = q.shape[1], q.shape[2]
+    for start, count, length in _equal_length_runs(cu_seqlens.tolist()):
+        end = start + count * length
+        # (count, heads, length, head_dim): SDPA treats the leading dims as the batch.
+        shape = (count, length, heads, head_dim)
+        q_run, k_run, v_run = (x[start:end].reshape(shape).transpose(1, 2) for x in (q, k, v))
+        attended = F.scaled_dot_product_attention(q_run, k_run, v_run, is_causal=True, scale=scale)
+        out[start:end] = attended.transpose(1, 2).reshape(count * length, heads, head_dim)
     return out
 
 
