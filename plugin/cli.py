@@ -107,7 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # Without a trained embedder, k>1 loses the details a question needs: by default the demo
     # gives the document the whole window minus room for the question and the answer.
     budget = args.budget if args.budget is not None else args.max_model_len - 512
-    config = LandmarkConfig(budget=budget, factor=args.factor)
+    config = LandmarkConfig(budget=budget, factor=args.factor, retriever=args.retriever)
 
     from vllm import LLM, SamplingParams
 
@@ -121,11 +121,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         **engine_kwargs(config),
     )
     console.print(f"[dim]engine ready in {time.perf_counter() - started:.1f} s[/dim]")
+    document_part = {"text": document.rstrip()}
+    if config.retriever:
+        # The retriever plans the document for this question: relevant spans near raw.
+        document_part["query"] = question
     messages = [
         {
             "role": "user",
             "content": [
-                {"type": "document", "document": {"text": document.rstrip()}},
+                {"type": "document", "document": document_part},
                 {"type": "text", "text": f"\n\nQuestion: {question}\nAnswer briefly."},
             ],
         }
@@ -179,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--question", help="ask this instead of the bundled question")
     demo.add_argument("--budget", type=int, default=None, help="soft tokens for the document")
     demo.add_argument("--factor", type=int, default=None, help="force a scaling factor k")
+    demo.add_argument(
+        "--retriever",
+        default=None,
+        help="'default' (bundled multilingual retriever) or a BGE-M3 folder: plan the document "
+        "for the question (try --budget 1024)",
+    )
     demo.add_argument("--max-model-len", type=int, default=8192)
     demo.add_argument("--max-tokens", type=int, default=48)
     demo.add_argument("--check", action="store_true", help="exit 1 if the answer is wrong")
