@@ -280,6 +280,17 @@ def _make_readable(folder: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename a finished folder onto ``target``, removing what was there (after the rename)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def prepare_default_llm(cache_dir: Path | None = None, force: bool = False) -> Path:
     """Return a Hugging Face folder with SmolLM2-135M-Instruct, converting it on first use.
 
@@ -324,13 +335,7 @@ def prepare_default_llm(cache_dir: Path | None = None, force: bool = False) -> P
             }
             (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
 
-            old = None
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-            os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            _swap_into_place(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -840,13 +845,7 @@ def prepare_default_retriever(cache_dir: Path | None = None, force: bool = False
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-            old = None
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-            os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            _swap_into_place(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
