@@ -14,6 +14,7 @@ import pytest
 from eval.longbench import pred
 from eval.longbench.backends import Generation, GenerationRequest, ItemError
 from eval.longbench.data import MissingDataError, PredictionFile, load_items
+from tests.documents import WORDS
 
 PROMPTS = {"qa": "Read.\n\n{context}\n\nQuestion: {input}\nAnswer:"}
 
@@ -31,22 +32,7 @@ def write_dataset(folder: Path, name: str, items: list[dict[str, Any]], extra: s
 
 
 def qa_items(n: int, words: int = 30) -> list[dict[str, Any]]:
-    base = [
-        "the",
-        "keeper",
-        "of",
-        "the",
-        "north",
-        "lighthouse",
-        "wrote",
-        "in",
-        "the",
-        "record",
-        "that",
-        "a",
-        "storm",
-        "came",
-    ]
+    base = WORDS[:14]  # the keeper of the north lighthouse wrote ... a storm came
     return [
         {
             "context": " ".join(base[(i + j) % len(base)] for j in range(words)),

@@ -81,7 +81,10 @@ def test_report_and_plots(tmp_path: Path) -> None:
     assert report.main(["--results", str(results), "--out", str(out)]) == 0
     text = out.read_text()
     assert "2 vCPU x86_64 (test cpu)" in text
-    assert "| plugin-b512 | plugin, whole document at one factor, budget 512 soft tokens | 40.00 | 20.00 |" in text
+    assert (
+        "| plugin-b512 | plugin, whole document at one factor, budget 512 soft tokens | 40.00 | 20.00 |"
+        in text
+    )
     assert "document does not fit the 8192-token window" in text
     assert "| 2048 | 1 | 5.12 | 3.06 |" in text  # plain/plugin TTFT and e2e ratios
     for png in ("quality_vs_budget.png", "latency_vs_length.png"):

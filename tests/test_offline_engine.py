@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.documents import make_document
+from tests.tiny_llm import greedy_with_soft_tokens
 from vllm_landmark import LandmarkConfig, engine_kwargs
 from vllm_landmark.compression.baseline import mean_pool_groups
 from vllm_landmark.compression.factors import choose_factor, num_soft_tokens
@@ -114,16 +115,8 @@ def test_k_above_one_matches_a_transformers_reference(llm, tiny_model: Path) -> 
     with torch.no_grad():
         soft = mean_pool_groups(embed(doc_ids), 4)
         assert soft.shape[0] == int(is_soft.sum()) == num_soft_tokens(len(doc_ids), 4)
-        embeds = embed(prompt_ids)
-        embeds[is_soft] = soft
-        generated = reference.generate(
-            inputs_embeds=embeds[None],
-            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            max_new_tokens=12,
-            do_sample=False,
-            min_new_tokens=12,
-        )
-    assert list(output.outputs[0].token_ids) == generated[0].tolist()
+    expected = greedy_with_soft_tokens(reference, prompt_ids, is_soft, soft, 12)
+    assert list(output.outputs[0].token_ids) == expected
 
 
 def test_explicit_plan_matches_a_transformers_reference(llm, tiny_model: Path) -> None:
@@ -151,16 +144,8 @@ def test_explicit_plan_matches_a_transformers_reference(llm, tiny_model: Path) -
             == soft.shape[0]
             == 8 + 20 + 8 + num_soft_tokens(len(doc_ids) - 150, 2)
         )
-        embeds = embed(prompt_ids)
-        embeds[is_soft] = soft
-        generated = reference.generate(
-            inputs_embeds=embeds[None],
-            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            max_new_tokens=10,
-            min_new_tokens=10,
-            do_sample=False,
-        )
-    assert list(output.outputs[0].token_ids) == generated[0].tolist()
+    expected = greedy_with_soft_tokens(reference, prompt_ids, is_soft, soft, 10)
+    assert list(output.outputs[0].token_ids) == expected
 
 
 def test_bad_documents_raise_clear_errors_and_engine_keeps_working(llm) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.documents import make_document
-from tests.tiny_llm import build_tiny_llama
+from tests.tiny_llm import build_tiny_llama, greedy_with_soft_tokens
 from vllm_landmark import LandmarkConfig, engine_kwargs
 
 
@@ -97,16 +97,8 @@ def test_engine_serves_the_embedder_and_matches_transformers(
         assert not torch.allclose(
             compressed[0], mean_pool_groups(embed(doc_ids[0:40]), 4), atol=1e-3
         )
-        embeds = embed(prompt_ids)
-        embeds[is_soft] = soft
-        generated = reference.generate(
-            inputs_embeds=embeds[None],
-            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            max_new_tokens=10,
-            min_new_tokens=10,
-            do_sample=False,
-        )
-    assert list(output.outputs[0].token_ids) == generated[0].tolist()
+    expected = greedy_with_soft_tokens(reference, prompt_ids, is_soft, soft, 10)
+    assert list(output.outputs[0].token_ids) == expected
 
 
 def test_embedder_for_another_base_model_is_refused(embedder_folder: Path, tmp_path: Path) -> None:

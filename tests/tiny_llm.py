@@ -189,3 +189,24 @@ def build_tiny_llama(
     data.setdefault("rope_theta", 10000.0)
     (folder / "config.json").write_text(json.dumps(data, indent=2))
     return folder
+
+
+def greedy_with_soft_tokens(reference, prompt_ids, is_soft, soft, new_tokens: int) -> list[int]:
+    """Transformers' greedy tokens for a prompt whose placeholder positions hold ``soft``.
+
+    The reference for "the engine reads the same soft prompt": the prompt's token embeddings
+    with the rows at ``is_soft`` replaced by ``soft``, exactly ``new_tokens`` generated.
+    """
+    import torch
+
+    with torch.no_grad():
+        embeds = reference.get_input_embeddings()(prompt_ids)
+        embeds[is_soft] = soft
+        generated = reference.generate(
+            inputs_embeds=embeds[None],
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+        )
+    return generated[0].tolist()

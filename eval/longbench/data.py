@@ -15,7 +15,7 @@ import hashlib
 import json
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,23 +86,37 @@ def _check_item(obj: Any) -> str | None:
     return None
 
 
-def read_jsonl_items(path: Path) -> list[dict[str, Any]]:
-    """Valid items of a jsonl file; malformed lines are reported (FILE:LINE) and skipped."""
-    items: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8", errors="replace") as handle:
+def jsonl_lines(
+    path: Path, *, errors: str = "replace"
+) -> Iterator[tuple[int, Any, json.JSONDecodeError | None]]:
+    """``(line number, object, None)`` or ``(line number, None, the JSON error)`` per non-blank
+    line of a jsonl file; ``errors`` is how undecodable UTF-8 is handled (``open``'s argument).
+    """
+    with path.open(encoding="utf-8", errors=errors) as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                warn(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.colno}); skipped")
+                yield lineno, None, exc
                 continue
-            problem = _check_item(obj)
-            if problem:
-                warn(f"{path}:{lineno}: {problem}; skipped")
-                continue
-            items.append(obj)
+            yield lineno, obj, None
+
+
+def read_jsonl_items(path: Path) -> list[dict[str, Any]]:
+    """Valid items of a jsonl file; malformed lines are reported (FILE:LINE) and skipped."""
+    items: list[dict[str, Any]] = []
+    for lineno, obj, bad_json in jsonl_lines(path):
+        if bad_json is not None:
+            where = f"{path}:{lineno}"
+            warn(f"{where}: invalid JSON ({bad_json.msg}, column {bad_json.colno}); skipped")
+            continue
+        problem = _check_item(obj)
+        if problem:
+            warn(f"{path}:{lineno}: {problem}; skipped")
+            continue
+        items.append(obj)
     return items
 
 
@@ -151,19 +165,14 @@ class PredictionFile:
         """The valid JSON object lines already in the file."""
         if not self.path.exists():
             return
-        with self.path.open(encoding="utf-8", errors="replace") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    warn(f"{self.path}:{lineno}: invalid JSON ({exc.msg}); ignored, will redo")
-                    continue
-                if not isinstance(obj, dict) or not isinstance(obj.get("_id"), str):
-                    warn(f"{self.path}:{lineno}: no _id; ignored")
-                    continue
-                yield obj
+        for lineno, obj, bad_json in jsonl_lines(self.path):
+            if bad_json is not None:
+                warn(f"{self.path}:{lineno}: invalid JSON ({bad_json.msg}); ignored, will redo")
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("_id"), str):
+                warn(f"{self.path}:{lineno}: no _id; ignored")
+                continue
+            yield obj
 
     def done_ids(self, *, redo_errors: bool = False) -> set[str]:
         """Ids already predicted (those recorded with an ``error`` too unless redo_errors)."""

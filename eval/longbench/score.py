@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.longbench.data import jsonl_lines
 from eval.longbench.metrics import (
     CATEGORIES,
     DATASET2CATEGORY,
@@ -201,19 +202,16 @@ def read_items(
     need_classes = DATASET2METRIC[dataset] is classification_score
     items: list[Item] = []
     errors: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.colno})")
-                continue
-            try:
-                items.append(_parse_item(obj, lineno, need_length, need_classes))
-            except ValueError as exc:
-                errors.append(f"{path}:{lineno}: {exc}")
+    for lineno, obj, bad_json in jsonl_lines(path, errors="strict"):
+        if bad_json is not None:
+            errors.append(
+                f"{path}:{lineno}: invalid JSON ({bad_json.msg}, column {bad_json.colno})"
+            )
+            continue
+        try:
+            items.append(_parse_item(obj, lineno, need_length, need_classes))
+        except ValueError as exc:
+            errors.append(f"{path}:{lineno}: {exc}")
     return items, errors
 
 

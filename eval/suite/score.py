@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.longbench.data import jsonl_lines
 from eval.longbench.metrics import (
     Metric,
     count_score,
@@ -95,23 +96,18 @@ def score_item(dataset: str, prediction: str, answers: Sequence[str]) -> float:
 def read_predictions(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Valid prediction lines and one ``FILE:LINE: reason`` per skipped line."""
     items, errors = [], []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{path}:{lineno}: invalid JSON ({exc.msg})")
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("pred"), str):
-                errors.append(f"{path}:{lineno}: no string 'pred'")
-                continue
-            answers = obj.get("answers")
-            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-                errors.append(f"{path}:{lineno}: 'answers' is not a list of strings")
-                continue
-            items.append(obj)
+    for lineno, obj, bad_json in jsonl_lines(path):
+        if bad_json is not None:
+            errors.append(f"{path}:{lineno}: invalid JSON ({bad_json.msg})")
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("pred"), str):
+            errors.append(f"{path}:{lineno}: no string 'pred'")
+            continue
+        answers = obj.get("answers")
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            errors.append(f"{path}:{lineno}: 'answers' is not a list of strings")
+            continue
+        items.append(obj)
     return items, errors
 
 
