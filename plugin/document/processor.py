@@ -217,7 +217,7 @@ class DocumentProcessingInfo(BaseProcessingInfo):
         Writing the plan, not the question, into the item makes vLLM's cache keys depend on
         (document, plan): two questions that give the same plan share the cached prefix. The
         document's own ``query`` wins over ``query`` (the request's last user message); the
-        planned item keeps the plan instead of it.
+        returned item no longer carries it (the plan, or the uniform plan, replaces it).
         """
         query = item.get("query") or query
         if query is None or "text" not in item or "factor" in item or "plan" in item:
@@ -226,9 +226,10 @@ class DocumentProcessingInfo(BaseProcessingInfo):
             return item
         token_ids = self.document_token_ids(item)
         plan = self.retrieval_plan(item["text"], query, token_ids)
-        if plan is None:
-            return item
+        # The query is used up here: without a plan the processor must not retrieve again.
         planned = {key: value for key, value in item.items() if key != "query"}
+        if plan is None:
+            return planned
         return {**planned, "plan": [list(t) for t in plan.as_triples()]}
 
 
