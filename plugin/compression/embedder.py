@@ -29,11 +29,8 @@ into them and never unpickles anything. peft is needed to train, not to load.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,385 +39,22 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .attention import packed_causal_attention
-
-EMBEDDER_CONFIG_NAME = "embedder_config.json"
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-PROJECTION_NAME = "projection.safetensors"
-FORMAT_VERSION = 1
-#: Prefix peft's PeftModel puts before module names in a saved adapter.
-PEFT_KEY_PREFIX = "base_model.model."
-DEFAULT_TARGET_MODULES = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
+from .base_model import BaseWeights, DecoderSpec, base_model_identity
+from .decoder import EmbedderStack, layer_tensor_names
+from .embedder_config import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    DEFAULT_TARGET_MODULES,
+    EMBEDDER_CONFIG_NAME,
+    FORMAT_VERSION,
+    PROJECTION_NAME,
+    BaseModelIdentity,
+    EmbedderConfig,
+    EmbedderMismatchError,
+    LoraSettings,
 )
-#: Config fields that enter the base model fingerprint (with slices of its weights).
-_FINGERPRINT_FIELDS = (
-    "model_type",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "vocab_size",
-    "rms_norm_eps",
-    "rope_theta",
-)
-_FINGERPRINT_ROWS = 64
-
-
-class EmbedderMismatchError(ValueError):
-    """The embedder checkpoint was trained for another base model than the one given."""
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class BaseModelIdentity:
-    """Which base LLM an embedder belongs to: a readable name and a content fingerprint."""
-
-    name: str
-    fingerprint: str
-
-    def __str__(self) -> str:
-        return f"{self.name!r} (fingerprint {self.fingerprint[:16]})"
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """peft LoRA hyper-parameters of the embedder's decoder layers."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
-    use_rslora: bool = False
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
-
-
-@dataclass(frozen=True)
-class EmbedderConfig:
-    """What `embedder_config.json` holds."""
-
-    base_model: BaseModelIdentity
-    num_layers: int
-    factors: tuple[int, ...]
-    hidden_size: int
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    pooling: str = "mean"
-    format_version: int = FORMAT_VERSION
-    #: Free-form notes about how it was trained (steps, data, recipe config); not used to load.
-    training: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        factors = tuple(sorted({int(k) for k in self.factors}))
-        object.__setattr__(self, "factors", factors)
-        if not factors or any(k < 2 for k in factors):
-            raise ValueError(f"factors must be integers >= 2, got {list(self.factors)}")
-        if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
-        if self.pooling != "mean":
-            raise ValueError(f"pooling={self.pooling!r}: only 'mean' is implemented")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["factors"] = list(self.factors)
-        data["lora"]["target_modules"] = list(self.lora.target_modules)
-        return data
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> EmbedderConfig:
-        """Read `embedder_config.json` only (cheap: e.g. the API server's trained factors)."""
-        path = Path(folder) / EMBEDDER_CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{folder} is not an embedder folder: no {EMBEDDER_CONFIG_NAME}"
-            )
-        return cls.from_dict(json.loads(path.read_text()))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EmbedderConfig:
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{EMBEDDER_CONFIG_NAME} has format_version={version!r}; this version of "
-                f"vllm_landmark reads {FORMAT_VERSION}"
-            )
-        lora = dict(data.get("lora", {}))
-        lora["target_modules"] = tuple(lora.get("target_modules", DEFAULT_TARGET_MODULES))
-        return cls(
-            base_model=BaseModelIdentity(**data["base_model"]),
-            num_layers=int(data["num_layers"]),
-            factors=tuple(data["factors"]),
-            hidden_size=int(data["hidden_size"]),
-            lora=LoraSettings(**lora),
-            pooling=data.get("pooling", "mean"),
-            format_version=version,
-            training=dict(data.get("training", {})),
-        )
-
-
-@dataclass(frozen=True)
-class DecoderSpec:
-    """The base model's decoder shape, read from its config.json."""
-
-    model_type: str
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    vocab_size: int
-    rms_norm_eps: float
-    rope_parameters: dict[str, Any]
-    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> DecoderSpec:
-        path = Path(folder) / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"base model folder {folder} has no config.json")
-        cfg = json.loads(path.read_text())
-        act = cfg.get("hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"base model hidden_act={act!r}: the embedder implements 'silu' only")
-        heads = int(cfg["num_attention_heads"])
-        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-        rope.setdefault("rope_type", rope.pop("type", "default"))
-        rope.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
-        return cls(
-            model_type=str(cfg.get("model_type", "llama")),
-            hidden_size=int(cfg["hidden_size"]),
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_hidden_layers=int(cfg["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
-            vocab_size=int(cfg["vocab_size"]),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_parameters=rope,
-            raw=cfg,
-        )
-
-    def rope_inv_freq(self, folder: str | Path) -> tuple[torch.Tensor, float]:
-        """Inverse RoPE frequencies (float32) and the cos/sin scaling of the base model."""
-        rope_type = self.rope_parameters["rope_type"]
-        if rope_type == "default":
-            theta = float(self.rope_parameters["rope_theta"])
-            exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
-            return 1.0 / (theta**exponents), 1.0
-        if rope_type == "dynamic":
-            raise ValueError("rope_type='dynamic' depends on the sequence length; not supported")
-        # Static scaled variants (linear, llama3, yarn, ...): use transformers' own definition.
-        from transformers import AutoConfig
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-        if rope_type not in ROPE_INIT_FUNCTIONS:
-            raise ValueError(f"rope_type={rope_type!r} is not known to transformers")
-        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](AutoConfig.from_pretrained(folder))
-        return inv_freq.float(), float(scaling)
-
-
-# ------------------------------------------------------------------ base model safetensors
-
-
-class _BaseWeights:
-    """Read single tensors (or row slices) from a base folder's safetensors, lazily."""
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        index = self.folder / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self.files = {name: self.folder / file for name, file in weight_map.items()}
-        else:
-            single = self.folder / "model.safetensors"
-            if not single.is_file():
-                raise FileNotFoundError(
-                    f"base model folder {self.folder} has no model.safetensors(.index.json)"
-                )
-            with safe_open(single, framework="pt") as handle:
-                self.files = {name: single for name in handle.keys()}  # noqa: SIM118
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.files
-
-    def get(self, name: str) -> torch.Tensor:
-        if name not in self.files:
-            raise KeyError(f"tensor {name!r} not found in {self.folder}")
-        with safe_open(self.files[name], framework="pt") as handle:
-            return handle.get_tensor(name)
-
-    def rows(self, name: str, start: int, end: int) -> torch.Tensor:
-        with safe_open(self.files[name], framework="pt") as handle:
-            return handle.get_slice(name)[start:end]
-
-
-def base_model_identity(folder: str | Path) -> BaseModelIdentity:
-    """Name (folder name) and fingerprint of a base model folder.
-
-    The fingerprint is a sha256 over the decoder-shape fields of config.json, two slices of the
-    token embedding matrix and the final norm weight, all rounded to bfloat16 first (so a
-    float32 and a bfloat16 copy of the same weights agree). Only those slices are read.
-    """
-    folder = Path(folder)
-    spec = DecoderSpec.from_folder(folder)
-    weights = _BaseWeights(folder)
-    fields = {name: spec.raw.get(name) for name in _FINGERPRINT_FIELDS}
-    fields["rope_theta"] = spec.rope_parameters.get("rope_theta")
-    fields["head_dim"] = spec.head_dim
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
-    vocab, rows = spec.vocab_size, _FINGERPRINT_ROWS
-    parts = [
-        weights.rows("model.embed_tokens.weight", 0, rows),
-        weights.rows("model.embed_tokens.weight", vocab // 2, vocab // 2 + rows),
-    ]
-    if "model.norm.weight" in weights:
-        parts.append(weights.get("model.norm.weight"))
-    for part in parts:
-        as_bf16 = part.to(torch.bfloat16).contiguous().view(torch.int16)
-        digest.update(as_bf16.numpy().tobytes())
-    return BaseModelIdentity(name=folder.name, fingerprint=digest.hexdigest())
-
-
-# ------------------------------------------------------------------ the decoder, plain torch
-
-
-class RMSNorm(nn.Module):
-    """Llama RMSNorm: normalise in float32, scale by the weight in the input dtype."""
-
-    def __init__(self, hidden_size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-class Attention(nn.Module):
-    """Grouped-query self-attention over packed spans with rotary positions."""
-
-    def __init__(self, spec: DecoderSpec, qkv_bias: bool, o_bias: bool) -> None:
-        super().__init__()
-        h, d = spec.hidden_size, spec.head_dim
-        self.num_heads, self.num_kv_heads, self.head_dim = (
-            spec.num_attention_heads,
-            spec.num_key_value_heads,
-            d,
-        )
-        self.q_proj = nn.Linear(h, self.num_heads * d, bias=qkv_bias)
-        self.k_proj = nn.Linear(h, self.num_kv_heads * d, bias=qkv_bias)
-        self.v_proj = nn.Linear(h, self.num_kv_heads * d, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * d, h, bias=o_bias)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cu_seqlens: torch.Tensor,
-        max_seqlen: int,
-    ) -> torch.Tensor:
-        tokens = x.shape[0]
-        q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
-        cos, sin = cos[:, None, :], sin[:, None, :]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        out = packed_causal_attention(q, k, v, cu_seqlens, max_seqlen, self.head_dim**-0.5)
-        return self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
-
-
-class MLP(nn.Module):
-    """SiLU-gated feed-forward."""
-
-    def __init__(self, spec: DecoderSpec, bias: bool) -> None:
-        super().__init__()
-        h, i = spec.hidden_size, spec.intermediate_size
-        self.gate_proj = nn.Linear(h, i, bias=bias)
-        self.up_proj = nn.Linear(h, i, bias=bias)
-        self.down_proj = nn.Linear(i, h, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm Llama decoder layer (same parameter names as transformers)."""
-
-    def __init__(self, spec: DecoderSpec, qkv_bias: bool, o_bias: bool, mlp_bias: bool) -> None:
-        super().__init__()
-        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.self_attn = Attention(spec, qkv_bias, o_bias)
-        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.mlp = MLP(spec, mlp_bias)
-
-    def forward(self, x, cos, sin, cu_seqlens, max_seqlen):  # noqa: ANN001 - hot path
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class EmbedderStack(nn.Module):
-    """Token embedding + the first L decoder layers; named like the base model's `model`."""
-
-    def __init__(
-        self,
-        spec: DecoderSpec,
-        num_layers: int,
-        *,
-        with_embedding: bool,
-        qkv_bias: bool = False,
-        o_bias: bool = False,
-        mlp_bias: bool = False,
-    ) -> None:
-        super().__init__()
-        self.embed_tokens = (
-            nn.Embedding(spec.vocab_size, spec.hidden_size) if with_embedding else None
-        )
-        self.layers = nn.ModuleList(
-            DecoderLayer(spec, qkv_bias, o_bias, mlp_bias) for _ in range(num_layers)
-        )
-
-
-# ------------------------------------------------------------------------- the embedder
-
-
-def _layer_tensor_names(index: int, qkv_bias: bool, o_bias: bool, mlp_bias: bool) -> list[str]:
-    prefix = f"model.layers.{index}."
-    names = ["input_layernorm.weight", "post_attention_layernorm.weight"]
-    for proj in ("q_proj", "k_proj", "v_proj"):
-        names.append(f"self_attn.{proj}.weight")
-        if qkv_bias:
-            names.append(f"self_attn.{proj}.bias")
-    names.append("self_attn.o_proj.weight")
-    if o_bias:
-        names.append("self_attn.o_proj.bias")
-    for proj in ("gate_proj", "up_proj", "down_proj"):
-        names.append(f"mlp.{proj}.weight")
-        if mlp_bias:
-            names.append(f"mlp.{proj}.bias")
-    return [prefix + name for name in names]
+from .lora import PEFT_KEY_PREFIX, merge_lora, peft_lora_config, read_adapter
+from .shipped import find_shipped_embedder, shipped_embedders_dir
 
 
 class ExtensibleEmbedder(nn.Module):
@@ -513,7 +147,7 @@ class ExtensibleEmbedder(nn.Module):
         dtype: torch.dtype | None,
         token_embedding: Callable[[torch.Tensor], torch.Tensor] | None,
     ) -> ExtensibleEmbedder:
-        weights = _BaseWeights(base)
+        weights = BaseWeights(base)
         qkv_bias = "model.layers.0.self_attn.q_proj.bias" in weights
         o_bias = "model.layers.0.self_attn.o_proj.bias" in weights
         mlp_bias = "model.layers.0.mlp.gate_proj.bias" in weights
@@ -532,7 +166,7 @@ class ExtensibleEmbedder(nn.Module):
         names = [
             name
             for i in range(config.num_layers)
-            for name in _layer_tensor_names(i, qkv_bias, o_bias, mlp_bias)
+            for name in layer_tensor_names(i, qkv_bias, o_bias, mlp_bias)
         ]
         if token_embedding is None:
             names.append("model.embed_tokens.weight")
@@ -575,7 +209,7 @@ class ExtensibleEmbedder(nn.Module):
             )
         spec = DecoderSpec.from_folder(base)
         module = cls._build(config, spec, base, "cpu", torch.float32, token_embedding)
-        adapter = _read_adapter(folder, config)
+        adapter = read_adapter(folder, config)
         if trainable:
             module.attach_lora()
             module.load_lora_state(adapter)
@@ -594,20 +228,7 @@ class ExtensibleEmbedder(nn.Module):
 
     def peft_lora_config(self):  # noqa: ANN201 - peft is an optional dependency
         """The peft LoraConfig of this embedder (layers 0..L-1 of the base model)."""
-        from peft import LoraConfig
-
-        lora = self.config.lora
-        return LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            use_rslora=lora.use_rslora,
-            bias="none",
-            layers_to_transform=list(range(self.config.num_layers)),
-            layers_pattern="layers",
-            base_model_name_or_path=self.config.base_model.name,
-        )
+        return peft_lora_config(self.config)
 
     def attach_lora(self) -> None:
         """Inject trainable peft LoRA layers; base weights stay frozen, projection trains."""
@@ -638,29 +259,9 @@ class ExtensibleEmbedder(nn.Module):
         if result.unexpected_keys:
             raise ValueError(f"unexpected adapter tensors: {result.unexpected_keys[:5]}")
 
-    @torch.no_grad()
     def merge_lora_weights(self, adapter: dict[str, torch.Tensor]) -> None:
         """W += scaling * B @ A for each adapted projection, on plain Linear layers."""
-        scaling = self.config.lora.scaling
-        modules = dict(self.named_modules())
-        pairs: dict[str, dict[str, torch.Tensor]] = {}
-        for key, value in adapter.items():
-            if not key.startswith(PEFT_KEY_PREFIX):
-                raise ValueError(f"adapter tensor {key!r} lacks the {PEFT_KEY_PREFIX!r} prefix")
-            name = key[len(PEFT_KEY_PREFIX) :]
-            for part in ("lora_A", "lora_B"):
-                marker = f".{part}.weight"
-                if name.endswith(marker):
-                    pairs.setdefault(name[: -len(marker)], {})[part] = value
-                    break
-            else:
-                raise ValueError(f"unsupported adapter tensor {key!r} (plain LoRA only)")
-        for module_name, pair in sorted(pairs.items()):
-            target = modules.get(module_name)
-            if not isinstance(target, nn.Linear) or set(pair) != {"lora_A", "lora_B"}:
-                raise ValueError(f"adapter names {module_name!r}, not a linear layer of the stack")
-            delta = pair["lora_B"].float() @ pair["lora_A"].float()
-            target.weight.copy_((target.weight.float() + scaling * delta).to(target.weight.dtype))
+        merge_lora(self, adapter, self.config.lora.scaling)
         self.lora_merged = True
 
     # ---------------------------------------------------------------- saving
@@ -770,51 +371,14 @@ class ExtensibleEmbedder(nn.Module):
         return self.forward(token_ids, factors)
 
 
-def shipped_embedders_dir() -> Path:
-    """Where trained embedders ship inside the package (vllm_landmark/data/embedders)."""
-    return Path(__file__).resolve().parents[1] / "data" / "embedders"
-
-
-def find_shipped_embedder(
-    base_model_folder: str | Path, root: str | Path | None = None
-) -> Path | None:
-    """The shipped embedder folder trained for this base model (by fingerprint), or None."""
-    root = Path(root) if root is not None else shipped_embedders_dir()
-    if not root.is_dir():
-        return None
-    fingerprint = base_model_identity(base_model_folder).fingerprint
-    for config_path in sorted(root.glob(f"*/{EMBEDDER_CONFIG_NAME}")):
-        try:
-            data = json.loads(config_path.read_text())
-            if data["base_model"]["fingerprint"] == fingerprint:
-                return config_path.parent
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
-def _read_adapter(folder: Path, config: EmbedderConfig) -> dict[str, torch.Tensor]:
-    """The adapter tensors, after checking adapter_config.json describes plain LoRA."""
-    adapter_config = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())
-    problems = []
-    if adapter_config.get("peft_type", "LORA") != "LORA":
-        problems.append(f"peft_type={adapter_config.get('peft_type')!r}")
-    if adapter_config.get("use_dora"):
-        problems.append("use_dora=true")
-    if adapter_config.get("rank_pattern") or adapter_config.get("alpha_pattern"):
-        problems.append("rank/alpha patterns")
-    lora = config.lora
-    if (adapter_config.get("r"), adapter_config.get("lora_alpha")) != (lora.r, lora.alpha):
-        problems.append("r/lora_alpha differ from embedder_config.json")
-    if bool(adapter_config.get("use_rslora", False)) != lora.use_rslora:
-        problems.append("use_rslora differs from embedder_config.json")
-    if problems:
-        raise ValueError(f"unsupported adapter in {folder}: {', '.join(problems)}")
-    with safe_open(folder / ADAPTER_WEIGHTS_NAME, framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-
-
 __all__ = [
+    "ADAPTER_CONFIG_NAME",
+    "ADAPTER_WEIGHTS_NAME",
+    "DEFAULT_TARGET_MODULES",
+    "EMBEDDER_CONFIG_NAME",
+    "FORMAT_VERSION",
+    "PEFT_KEY_PREFIX",
+    "PROJECTION_NAME",
     "BaseModelIdentity",
     "DecoderSpec",
     "EmbedderConfig",
