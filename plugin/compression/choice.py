@@ -8,18 +8,16 @@ Both the API server (to plan with the factors the embedder was trained for) and 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from ..config import ALLOWED_FACTORS, AUTO_EMBEDDER, MEAN_BASELINE
+from ..hf_folders import find_model_folder
+from .embedder_config import EMBEDDER_CONFIG_NAME, EmbedderConfig
 
 logger = logging.getLogger(__name__)
-
-EMBEDDER_CONFIG_NAME = "embedder_config.json"
-
 
 @dataclass(frozen=True)
 class EmbedderChoice:
@@ -29,21 +27,13 @@ class EmbedderChoice:
 
 
 def _checkpoint_factors(folder: Path) -> tuple[int, ...]:
-    data = json.loads((folder / EMBEDDER_CONFIG_NAME).read_text())
-    return tuple(sorted(int(k) for k in data["factors"]))
+    """The factors a checkpoint was trained for (its config read with the version check)."""
+    return EmbedderConfig.from_folder(folder).factors
 
 
 def resolve_model_folder(model: str) -> Path | None:
     """The local folder of a served model (a path, or a repo id in the local HF cache)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not in the cache: no bundled match possible
-        return None
+    return find_model_folder(model)
 
 
 @lru_cache(maxsize=16)

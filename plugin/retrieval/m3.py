@@ -50,6 +50,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..hf_folders import find_model_folder, looks_like_repo_id
+
 __all__ = [
     "DEFAULT_WEIGHTS",
     "M3Encoder",
@@ -190,19 +192,13 @@ def clean_text(text: str, index: int = 0) -> str:
 
 
 def _resolve_folder(model_path: str | Path) -> Path:
-    path = Path(model_path).expanduser()
-    if path.is_dir():
-        return path
-    if str(model_path).count("/") == 1 and not path.exists():
-        # A Hugging Face repo id: look in the local cache only, never download.
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(str(model_path), local_files_only=True))
-        except Exception as exc:  # noqa: BLE001 - any failure means "not in the cache"
-            raise FileNotFoundError(
-                f"{model_path!r} is not a folder and not in the local Hugging Face cache"
-            ) from exc
+    folder = find_model_folder(model_path)
+    if folder is not None:
+        return folder
+    if looks_like_repo_id(model_path):
+        raise FileNotFoundError(
+            f"{model_path!r} is not a folder and not in the local Hugging Face cache"
+        )
     raise FileNotFoundError(f"BGE-M3 model folder not found: {model_path}")
 
 

@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vllm_landmark.compression.embedder_config import EMBEDDER_CONFIG_NAME, EmbedderConfig
+
 SHIPPED_FILES = (
-    "embedder_config.json",
+    EMBEDDER_CONFIG_NAME,
     "adapter_config.json",
     "adapter_model.safetensors",
     "projection.safetensors",
@@ -78,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-mb", type=float, default=20.0)
     args = parser.parse_args(argv)
     final = args.run / "final"
-    config = json.loads((final / "embedder_config.json").read_text())
-    factors = config["factors"]
+    factors = list(EmbedderConfig.from_folder(final).factors)
     report = json.loads(args.perplexity.read_text())
     problems = check_perplexity(report, factors)
     size_mb = sum((final / name).stat().st_size for name in SHIPPED_FILES) / 2**20

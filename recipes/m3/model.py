@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vllm_landmark.hf_folders import find_model_folder
 from vllm_landmark.retrieval.m3 import HEAD_FILES, M3Encoder
 
 from .config import M3TrainConfig
@@ -31,12 +32,14 @@ _SKIP_ON_COPY = {name for files in HEAD_FILES.values() for name in files}
 
 
 def resolve_model(model: str) -> Path:
-    """``"default"`` -> the prepared default retriever; otherwise the folder itself."""
+    """``"default"`` -> the prepared default retriever; else the folder, or a repo id's folder
+    in the local Hugging Face cache (M3Encoder says what is wrong when it is neither)."""
     if model == "default":
         from vllm_landmark.default_models import prepare_default_retriever
 
         return prepare_default_retriever()
-    return Path(model).expanduser()
+    folder = find_model_folder(model)
+    return folder if folder is not None else Path(model).expanduser()
 
 
 def load_encoder(model: str | Path, device: str = "cpu") -> M3Encoder:
