@@ -1,14 +1,17 @@
 """Changes to vLLM behaviour that no public hook allows: one module per patch.
 
-Each module names the vLLM versions it targets, applies itself idempotently through
-`apply()`, and is tested on its own. `apply_all()` is what the plugin's `register()` calls.
+Each module names the vLLM versions and the symbols it targets (checked at start-up by
+`targets.check_targets`, which stops the process with a message naming the version and the
+symbol), applies itself idempotently through `apply()`, and is tested on its own.
+`apply_all()` is what the plugin's `register()` calls.
 """
 
 from __future__ import annotations
 
 
 def apply_all() -> None:
-    from . import chat_documents, cli_flags
+    from . import chat_documents, cli_flags, document_tokens
 
     cli_flags.apply()
     chat_documents.apply()
+    document_tokens.apply()

@@ -14,7 +14,13 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from .targets import Target, check_targets
+
 TARGET_VLLM = ("0.32",)
+TARGETS = (
+    Target("vllm.engine.arg_utils", "EngineArgs.add_cli_args", ("parser",)),
+    Target("vllm.engine.arg_utils", "EngineArgs.from_cli_args", ("args",)),
+)
 _APPLIED_FLAG = "_vllm_landmark_patched"
 
 #: (flag, LandmarkConfig field, argparse type name, help)
@@ -23,14 +29,15 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "--landmark-budget",
         "budget",
         "positive_int",
-        "Soft tokens one document may take in the prompt (default: half of --max-model-len).",
+        "Cap on the soft tokens one document may take in the prompt (default: no cap; a "
+        "document is read whole whenever the prompt fits --max-model-len).",
     ),
     (
         "--landmark-factor",
         "factor",
         "factor",
-        "Force one scaling factor k for every document (1, 2, 4, 8, 16 or 32). Default: the "
-        "smallest allowed factor that fits the budget.",
+        "Force one scaling factor k for every document over its share of the window (1, 2, 4, "
+        "8, 16 or 32). Default: the planner chooses.",
     ),
     (
         "--landmark-factors",
@@ -42,8 +49,9 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "--landmark-embedder",
         "embedder",
         "embedder",
-        "'auto' (default: the bundled trained embedder for the served model, else the "
-        "baseline), 'mean-baseline' (untrained mean of k token embeddings) or a folder.",
+        "'auto' (default: the bundled trained embedder for the served model, else none: "
+        "documents are cut to their best spans, never compressed untrained), 'mean-baseline' "
+        "(untrained mean of k token embeddings, for experiments) or a trained folder.",
     ),
     (
         "--landmark-retriever",
@@ -65,10 +73,11 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "Hard limit on one document's length in characters (checked before tokenizing).",
     ),
     (
-        "--landmark-placeholder-token",
-        "placeholder_token",
-        "str",
-        "Special token that marks a document in the prompt (default: an unused special token).",
+        "--landmark-output-reserve",
+        "output_reserve",
+        "non_negative_int",
+        "Tokens kept free for the answer when a request gives no max_tokens (default 256, at "
+        "most a quarter of --max-model-len).",
     ),
 )
 
@@ -80,6 +89,16 @@ def _positive_int(value: str) -> int:
         number = 0
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
     return number
 
 
@@ -120,12 +139,12 @@ def _retriever(value: str) -> str:
 
 _TYPES = {
     "positive_int": _positive_int,
+    "non_negative_int": _non_negative_int,
     "factor": _factor,
     "factors": _factors,
     "folder": _folder,
     "embedder": _embedder,
     "retriever": _retriever,
-    "str": str,
 }
 
 
@@ -160,7 +179,7 @@ def landmark_config_from_args(args: argparse.Namespace) -> Any:
             names = ", ".join(f"--{f.replace('_', '-')}" for f in given)
             raise ValueError(f"landmark settings given ({names}) without --landmark")
         return None
-    return LandmarkConfig(**given)
+    return LandmarkConfig(**given).with_default_models()
 
 
 def _wrap_add_cli_args(original: Any) -> Any:
@@ -189,7 +208,8 @@ def _wrap_from_cli_args(original: Any) -> Any:
 
 
 def apply() -> None:
-    """Install the wrappers once per process."""
+    """Check the targets, then install the wrappers once per process."""
+    check_targets(__name__, TARGET_VLLM, TARGETS)
     from vllm.engine.arg_utils import EngineArgs
 
     if getattr(EngineArgs, _APPLIED_FLAG, False):

@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 from .config import LandmarkConfig, LandmarkConfigError
+from .document.marker import DOCUMENT_MARKER
 
-__all__ = ["LandmarkConfig", "LandmarkConfigError", "engine_kwargs", "register"]
+__all__ = ["DOCUMENT_MARKER", "LandmarkConfig", "LandmarkConfigError", "engine_kwargs", "register"]
 __version__ = "0.1.0"
 
 _registered = False

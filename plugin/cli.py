@@ -97,17 +97,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .compression.choice import resolve_embedder
     from .config import LandmarkConfig
     from .default_models import prepare_default_llm
-    from .document.placeholder import choose_placeholder
     from .engine import engine_kwargs
 
     console = Console()
     model = args.model or str(prepare_default_llm())
     document, meta = _demo_document()
     question = args.question or meta["question"]
-    # Without a trained embedder, k>1 loses the details a question needs: by default the demo
-    # gives the document the whole window minus room for the question and the answer.
-    budget = args.budget if args.budget is not None else args.max_model_len - 512
-    config = LandmarkConfig(budget=budget, factor=args.factor, retriever=args.retriever)
+    # No budget: the document is read whole when the prompt fits the window (it does at 8K).
+    config = LandmarkConfig(budget=args.budget, factor=args.factor, retriever=args.retriever)
 
     from vllm import LLM, SamplingParams
 
@@ -141,8 +138,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     answer = output.outputs[0].text.strip()
     tokenizer = llm.get_tokenizer()
     raw_tokens = len(tokenizer.encode(document, add_special_tokens=False))
-    placeholder = choose_placeholder(tokenizer, config.placeholder_token)
-    injected = list(output.prompt_token_ids).count(placeholder.token_id)
+    # The prompt without the document part: what is left is the document's soft tokens.
+    text_only = [{**messages[0], "content": messages[0]["content"][1:]}]
+    text_ids = tokenizer.apply_chat_template(text_only, tokenize=True, add_generation_prompt=True)
+    if isinstance(text_ids, dict):
+        text_ids = text_ids["input_ids"]
+    injected = len(output.prompt_token_ids) - len(text_ids)
     console.print(f"[bold]Question:[/bold] {question}")
     console.print(f"[bold]Answer:[/bold] {answer}")
     console.print(
@@ -181,7 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="answer a question about the bundled long document")
     demo.add_argument("--model", help="model folder (default: the prepared SmolLM2)")
     demo.add_argument("--question", help="ask this instead of the bundled question")
-    demo.add_argument("--budget", type=int, default=None, help="soft tokens for the document")
+    demo.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="cap the document's soft tokens (default: read it whole if the prompt fits)",
+    )
     demo.add_argument("--factor", type=int, default=None, help="force a scaling factor k")
     demo.add_argument(
         "--retriever",

@@ -7,19 +7,21 @@ It travels to every vLLM process inside the model's Hugging Face config (see `en
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 #: Scaling factors an embedder may use: k document tokens become one soft token.
 ALLOWED_FACTORS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 
-#: Name of the untrained k>1 embedder: the mean of each k consecutive token embeddings.
+#: Name of the untrained k>1 embedder: the mean of each k consecutive token embeddings. Only
+#: used when asked for by name (it reads worse than leaving the text out).
 MEAN_BASELINE = "mean-baseline"
-#: Default embedder setting: a bundled trained embedder for the served model, else the baseline.
+#: Default embedder setting: a bundled trained embedder for the served model, else none (no
+#: compression: documents over their share are cut to their best spans at k=1).
 AUTO_EMBEDDER = "auto"
-#: retriever= this name means the bundled multilingual default (prepared on first use).
+#: retriever= this name means the bundled multilingual default; `resolve_default_models`
+#: turns it into the prepared folder where the server or the Python API starts.
 DEFAULT_RETRIEVER = "default"
 
 #: Attribute of the Hugging Face config that carries the settings to every process.
@@ -36,20 +38,20 @@ class LandmarkConfigError(ValueError):
 class LandmarkConfig:
     """Settings of the plugin.
 
-    budget: soft tokens one document may take in the prompt. None means half the model window.
-    factor: force one scaling factor k for every document. None picks, per document, the
-        smallest allowed factor whose compressed length fits the budget.
+    budget: cap on the soft tokens one document may take in the prompt. None: no cap, a
+        document is read whole whenever the prompt fits the window (see document/planning.py).
+    factor: force one scaling factor k for every document that is over its share.
     factors: the factors the planner may choose from (a subset of ALLOWED_FACTORS).
     embedder: AUTO_EMBEDDER (the bundled trained embedder for the served model if any, else
-        the baseline), MEAN_BASELINE (untrained mean pooling) or a trained embedder folder.
+        no compression), MEAN_BASELINE (untrained mean pooling, for experiments) or a trained
+        embedder folder.
     retriever: a BGE-M3-layout folder used to rank spans, or DEFAULT_RETRIEVER for the bundled
-        multilingual-e5-small with trained heads (resolved to its prepared folder at once, so
-        every process sees the same path). None: no retrieval.
+        multilingual-e5-small with trained heads. None: no retrieval.
+    output_reserve: tokens kept free for the answer when a request does not say max_tokens
+        (at most a quarter of the window).
     max_document_tokens: hard limit on one document's length in LLM tokens.
     max_document_chars: hard limit on one document's length in characters, checked before
         tokenizing so oversized input costs nothing.
-    placeholder_token: token that marks a document in the prompt; None chooses an unused
-        special token of the tokenizer.
     """
 
     budget: int | None = None
@@ -59,15 +61,10 @@ class LandmarkConfig:
     retriever: str | None = None
     max_document_tokens: int = 1 << 20
     max_document_chars: int = 8 << 20
-    placeholder_token: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    output_reserve: int = 256
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "factors", tuple(sorted(set(int(k) for k in self.factors))))
-        if self.retriever == DEFAULT_RETRIEVER:
-            from .default_models import prepare_default_retriever
-
-            object.__setattr__(self, "retriever", str(prepare_default_retriever()))
         self.validate()
 
     def validate(self) -> None:
@@ -89,6 +86,8 @@ class LandmarkConfig:
             raise LandmarkConfigError(
                 f"max_document_tokens={self.max_document_tokens} must be positive"
             )
+        if self.output_reserve < 0:
+            raise LandmarkConfigError(f"output_reserve={self.output_reserve} must be >= 0")
         if self.max_document_chars < 1:
             raise LandmarkConfigError(
                 f"max_document_chars={self.max_document_chars} must be positive"
@@ -101,23 +100,30 @@ class LandmarkConfig:
                 f"embedder={self.embedder!r} is neither {AUTO_EMBEDDER!r}, {MEAN_BASELINE!r} "
                 "nor an existing folder"
             )
-        if self.retriever is not None and not Path(self.retriever).expanduser().is_dir():
+        if (
+            self.retriever not in (None, DEFAULT_RETRIEVER)
+            and not Path(self.retriever).expanduser().is_dir()
+        ):
             raise LandmarkConfigError(
                 f"retriever={self.retriever!r} is neither {DEFAULT_RETRIEVER!r} nor an existing "
                 "folder (BGE-M3 layout expected)"
             )
 
-    def resolved_budget(self, max_model_len: int) -> int:
-        """The per-document soft-token budget for a model with this window."""
-        return self.budget if self.budget is not None else max(1, max_model_len // 2)
+    def with_default_models(self) -> LandmarkConfig:
+        """This config with DEFAULT_RETRIEVER replaced by its prepared folder (prepares it once).
+
+        Called where the server or the Python API starts, so every vLLM process gets a path.
+        """
+        if self.retriever != DEFAULT_RETRIEVER:
+            return self
+        from .default_models import prepare_default_retriever
+
+        return dataclasses.replace(self, retriever=str(prepare_default_retriever()))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["factors"] = list(self.factors)
         return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> LandmarkConfig:

@@ -13,7 +13,6 @@ from vllm_landmark.compression.baseline import mean_pool_groups
 from vllm_landmark.compression.factors import DocumentTooLongError, choose_factor, num_soft_tokens
 from vllm_landmark.config import ALLOWED_FACTORS, LandmarkConfig, LandmarkConfigError
 from vllm_landmark.document.items import DocumentError, normalize_document
-from vllm_landmark.document.placeholder import PlaceholderError, choose_placeholder
 from vllm_landmark.engine import LandmarkHfOverrides
 from vllm_landmark.server.file_parts import decode_file_part
 
@@ -69,7 +68,8 @@ def test_config_validates_every_setting(tmp_path) -> None:
     config = LandmarkConfig(budget=64, factors=(8, 2), retriever=str(tmp_path))
     assert config.factors == (2, 8)
     assert LandmarkConfig.from_dict(config.to_dict()) == config
-    assert LandmarkConfig().resolved_budget(8192) == 4096
+    with pytest.raises(LandmarkConfigError, match="output_reserve=-1"):
+        LandmarkConfig(output_reserve=-1)
 
 
 def test_hf_overrides_wrap_the_architecture_and_survive_pickling() -> None:
@@ -134,21 +134,6 @@ def test_file_parts_decode_text_and_refuse_everything_else() -> None:
             decode_file_part(file, config)
     with pytest.raises(DocumentError, match="larger than the document limit"):
         decode_file_part(data_url(b"x" * 500), LandmarkConfig(max_document_chars=100))
-
-
-def test_placeholder_is_an_unused_special_token(tiny_model) -> None:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    chosen = choose_placeholder(tokenizer)
-    assert chosen.token == "<|landmark_document|>"
-    assert tokenizer.convert_tokens_to_ids(chosen.token) == chosen.token_id
-    assert choose_placeholder(tokenizer, "<|endoftext|>").token == "<|endoftext|>"
-    with pytest.raises(PlaceholderError, match="not a special token"):
-        choose_placeholder(tokenizer, "hello")
-    tokenizer.chat_template = "{{ '<|landmark_document|>' }}"
-    with pytest.raises(PlaceholderError, match="--landmark-placeholder-token"):
-        choose_placeholder(tokenizer)
 
 
 def test_flags_are_validated_at_parse_time(tmp_path) -> None:

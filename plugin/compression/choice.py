@@ -1,7 +1,9 @@
 """Which k>1 embedder serves a model: a trained checkpoint, or the untrained mean baseline.
 
 `--landmark-embedder` takes `auto` (default: the bundled trained embedder made for the served
-base model if there is one, else the mean baseline), `mean-baseline`, or a checkpoint folder.
+base model if there is one, else none: documents are never compressed, only cut to their best
+spans), `mean-baseline` (the untrained mean of k token embeddings, for experiments: it reads
+worse than leaving text out), or a checkpoint folder.
 Both the API server (to plan with the factors the embedder was trained for) and the workers
 (to load it) resolve the same way; the answer only depends on the files.
 """
@@ -19,11 +21,18 @@ from .embedder_config import EMBEDDER_CONFIG_NAME, EmbedderConfig
 
 logger = logging.getLogger(__name__)
 
+NO_EMBEDDER_NAME = "none"
+
+
 @dataclass(frozen=True)
 class EmbedderChoice:
-    name: str  # "mean-baseline" or the checkpoint folder's name
-    path: str | None  # None for the mean baseline
-    factors: tuple[int, ...]  # factors it can serve besides k=1
+    name: str  # "none", "mean-baseline" or the checkpoint folder's name
+    path: str | None  # None for "none" and the mean baseline
+    factors: tuple[int, ...]  # factors it can serve besides k=1 (empty for "none")
+
+
+#: No k>1 embedder: every kept token is read at k=1.
+NO_EMBEDDER = EmbedderChoice(NO_EMBEDDER_NAME, None, ())
 
 
 def _checkpoint_factors(folder: Path) -> tuple[int, ...]:
@@ -58,7 +67,9 @@ def resolve_embedder(setting: str, model: str) -> EmbedderChoice:
             folder = None
         if folder is not None:
             return EmbedderChoice(folder.name, str(folder), _checkpoint_factors(folder))
-    logger.warning(
-        "vllm-landmark: no trained embedder for %s; k>1 uses the untrained mean baseline", model
+    logger.info(
+        "vllm-landmark: no trained embedder for %s; documents over their share are cut to "
+        "their best spans at k=1 (--landmark-embedder mean-baseline compresses untrained)",
+        model,
     )
-    return mean
+    return NO_EMBEDDER

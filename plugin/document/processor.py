@@ -1,14 +1,14 @@
 """vLLM's multimodal pieces for the "document" modality.
 
-In the API-server process these turn each document item into LLM token ids and a scaling
-factor k, and expand the document's one placeholder token into ceil(n / k) placeholders.
-The token ids and k travel to the workers as processed fields; the model turns them into
-embeddings (see `modeling.py`).
+Documents reach the processor already planned (`planning.PlannedDocument`: token ids, plan,
+and where in the prompt they go), from the chat patch or the tokenization patch. Here each
+document becomes processed fields (the kept token ids, per planned span its length and
+factor) and a run of soft-token positions inserted at its index in the prompt; the fields
+travel to the workers, where the model turns them into embeddings (see `modeling.py`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any
@@ -22,19 +22,17 @@ from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
     BaseMultiModalProcessor,
     BaseProcessingInfo,
-    PromptReplacement,
+    PromptIndexTargets,
+    PromptInsertion,
 )
+from vllm.multimodal.processing.processor import PlaceholderFeaturesInfo
 
 from ..compression.choice import EmbedderChoice, resolve_embedder
-from ..compression.factors import DocumentTooLongError, choose_factor
-from ..compression.planner import Plan, PlanError, PlannedSpan, plan_spans, uniform_plan
+from ..compression.planner import uniform_plan
 from ..config import HF_CONFIG_KEY, LandmarkConfig
 from . import MODALITY
-from .items import DocumentError, normalize_document
-from .placeholder import Placeholder, choose_placeholder
-from .tokens import encode_document
-
-logger = logging.getLogger(__name__)
+from .marker import DOCUMENT_MARKER, filler_token_id
+from .planning import DocumentPlanner, PlannedDocument
 
 
 class DocumentValidationError(VLLMValidationError, ValueError):
@@ -46,32 +44,35 @@ def config_from_hf(hf_config: Any) -> LandmarkConfig:
     return LandmarkConfig.from_dict(getattr(hf_config, HF_CONFIG_KEY, None) or {})
 
 
-class DocumentItems(ProcessorBatchItems[dict]):
-    """Normalised document items of one prompt."""
+class DocumentItems(ProcessorBatchItems[PlannedDocument]):
+    """The planned documents of one prompt."""
 
-    def __init__(self, data: Sequence[dict]) -> None:
+    def __init__(self, data: Sequence[PlannedDocument]) -> None:
         super().__init__(data, MODALITY)
 
     def get_processor_data(self) -> Mapping[str, object]:
         return {"documents": list(self.data)}
 
+    def get_item_for_hash(self, index: int) -> object:
+        return self.data[index].cache_key
+
 
 class DocumentDataParser(MultiModalDataParser):
-    """vLLM's data parser plus a "document" subparser."""
-
-    def __init__(self, config: LandmarkConfig, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.landmark_config = config
+    """vLLM's data parser plus a "document" subparser (planned documents only)."""
 
     def _get_subparsers(self) -> Mapping[str, Any]:
         return {**super()._get_subparsers(), MODALITY: self._parse_document_data}
 
     def _parse_document_data(self, data: Any) -> DocumentItems:
         items = data if isinstance(data, list) else [data]
-        try:
-            return DocumentItems([normalize_document(item, self.landmark_config) for item in items])
-        except DocumentError as exc:
-            raise DocumentValidationError(str(exc), parameter=MODALITY) from exc
+        if not all(isinstance(item, PlannedDocument) for item in items):
+            raise DocumentValidationError(
+                "documents need a text prompt: send them in chat messages (the OpenAI API or "
+                f"LLM.chat), or put {DOCUMENT_MARKER!r} (vllm_landmark.DOCUMENT_MARKER) in a "
+                "text prompt once per document; token-id prompts cannot carry documents",
+                parameter=MODALITY,
+            )
+        return DocumentItems(items)
 
 
 class DocumentProcessingInfo(BaseProcessingInfo):
@@ -82,34 +83,24 @@ class DocumentProcessingInfo(BaseProcessingInfo):
         return config_from_hf(self.get_hf_config())
 
     @cached_property
-    def placeholder(self) -> Placeholder:
-        return choose_placeholder(self.get_tokenizer(), self.landmark_config.placeholder_token)
-
-    @cached_property
     def embedder(self) -> EmbedderChoice:
         return resolve_embedder(self.landmark_config.embedder, self.ctx.model_config.model)
 
     @cached_property
-    def factors(self) -> tuple[int, ...]:
-        """Factors this server can serve: the configured ones the embedder supports (and 1)."""
-        served = (1, *self.embedder.factors)
-        return tuple(k for k in self.landmark_config.factors if k in served)
+    def planner(self) -> DocumentPlanner:
+        return DocumentPlanner(
+            self.landmark_config,
+            self.get_tokenizer(),
+            self.ctx.model_config.max_model_len,
+            self.embedder,
+        )
 
-    def _check_factor(self, factor: int, where: str) -> None:
-        if factor not in self.factors and factor != self.landmark_config.factor:
-            raise DocumentValidationError(
-                f"{where} factor={factor} is not served here; the embedder "
-                f"{self.embedder.name!r} serves factors {self.factors}",
-                parameter=MODALITY,
-            )
-
-    @property
-    def budget(self) -> int:
-        return self.landmark_config.resolved_budget(self.ctx.model_config.max_model_len)
+    @cached_property
+    def filler_token_id(self) -> int:
+        return filler_token_id(self.get_tokenizer())
 
     def get_data_parser(self) -> MultiModalDataParser:
         return DocumentDataParser(
-            self.landmark_config,
             expected_hidden_size=self._get_expected_hidden_size(),
             allow_missing_mm_embeddings=self.allow_missing_mm_embeddings,
         )
@@ -123,121 +114,12 @@ class DocumentProcessingInfo(BaseProcessingInfo):
         # A document may fill the whole sequence; the encoder cache must hold it.
         return {MODALITY: seq_len}
 
-    def document_token_ids(self, item: dict) -> list[int]:
-        """LLM token ids of a normalised item, with the hard length limit applied."""
-        if "token_ids" in item:
-            return list(item["token_ids"])
-        ids = encode_document(self.get_tokenizer(), item["text"])
-        if len(ids) > self.landmark_config.max_document_tokens:
-            raise DocumentValidationError(
-                f"the document has {len(ids)} tokens, over the limit of "
-                f"{self.landmark_config.max_document_tokens} (--landmark-max-document-tokens)",
-                parameter=MODALITY,
-            )
-        return list(ids)
-
-    def document_plan(self, item: dict, token_ids: list[int]) -> Plan:
-        """Which spans of the document to keep and at which factor.
-
-        A factor or plan given with the document is used as is; otherwise the smallest
-        allowed factor whose soft tokens fit the budget, over the whole document.
-        """
-        if "factor" in item:
-            self._check_factor(int(item["factor"]), "document")
-            return uniform_plan(len(token_ids), int(item["factor"]))
-        if "plan" in item:
-            for index, span in enumerate(item["plan"]):
-                self._check_factor(span[2], f"plan[{index}]")
-            last_end = item["plan"][-1][1]
-            if last_end > len(token_ids):
-                raise DocumentValidationError(
-                    f"the plan ends at token {last_end}, past the document's {len(token_ids)} "
-                    "tokens",
-                    parameter=MODALITY,
-                )
-            plan = Plan(tuple(PlannedSpan(*span) for span in item["plan"]))
-            if plan.soft_tokens > self.budget:
-                raise DocumentValidationError(
-                    f"the plan needs {plan.soft_tokens} soft tokens, over the budget of "
-                    f"{self.budget} (--landmark-budget)",
-                    parameter=MODALITY,
-                )
-            return plan
-        if "query" in item and "text" in item and self.landmark_config.retriever:
-            retrieved = self.retrieval_plan(item["text"], item["query"], token_ids)
-            if retrieved is not None:
-                return retrieved
-        try:
-            factor = choose_factor(
-                len(token_ids), self.budget, self.landmark_config, factors=self.factors
-            )
-        except DocumentTooLongError as exc:
-            raise DocumentValidationError(str(exc), parameter=MODALITY) from exc
-        return uniform_plan(len(token_ids), factor)
-
-    def retrieval_plan(self, text: str, query: str, token_ids: list[int]) -> Plan | None:
-        """A plan from the retriever's landmark scores, or None when retrieval cannot help.
-
-        Documents within the budget stay whole at k=1. If the retriever fails (a document it
-        cannot take, say), the uniform plan is used and the reason logged.
-        """
-        if len(token_ids) <= self.budget and 1 in self.factors:
-            return None
-        from ..retrieval.service import get_span_ranker
-
-        try:
-            scores = get_span_ranker(self.landmark_config.retriever).score_all_spans(
-                text, query, llm_tokenizer=self.get_tokenizer()
-            )
-        except (ValueError, RuntimeError) as exc:
-            logger.warning("vllm-landmark: retrieval failed, planning uniformly: %s", exc)
-            return None
-        if scores.llm_num_tokens != len(token_ids):
-            logger.warning(
-                "vllm-landmark: retriever saw %s LLM tokens, the processor %s; planning uniformly",
-                scores.llm_num_tokens,
-                len(token_ids),
-            )
-            return None
-        bounds, values = [], []
-        for (start, end), value in zip(
-            scores.llm_token_offsets.tolist(), scores.score.tolist(), strict=True
-        ):
-            if end > start:
-                bounds.append((int(start), int(end)))
-                values.append(float(value))
-        try:
-            return plan_spans(bounds, values, self.budget, self.factors)
-        except PlanError as exc:
-            raise DocumentValidationError(str(exc), parameter=MODALITY) from exc
-
-    def plan_item(self, item: dict, query: str | None) -> dict:
-        """The item with the retriever's plan written in (the server does this per request).
-
-        Writing the plan, not the question, into the item makes vLLM's cache keys depend on
-        (document, plan): two questions that give the same plan share the cached prefix. The
-        document's own ``query`` wins over ``query`` (the request's last user message); the
-        returned item no longer carries it (the plan, or the uniform plan, replaces it).
-        """
-        query = item.get("query") or query
-        if query is None or "text" not in item or "factor" in item or "plan" in item:
-            return item
-        if not self.landmark_config.retriever:
-            return item
-        token_ids = self.document_token_ids(item)
-        plan = self.retrieval_plan(item["text"], query, token_ids)
-        # The query is used up here: without a plan the processor must not retrieve again.
-        planned = {key: value for key, value in item.items() if key != "query"}
-        if plan is None:
-            return planned
-        return {**planned, "plan": [list(t) for t in plan.as_triples()]}
-
 
 class DocumentDummyInputsBuilder(BaseDummyInputsBuilder[DocumentProcessingInfo]):
     """Dummy documents for vLLM's memory profiling."""
 
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
-        return self.info.placeholder.token * mm_counts.get(MODALITY, 0)
+        return ""
 
     def get_dummy_mm_data(
         self, seq_len: int, mm_counts: Mapping[str, int], mm_options: Any = None
@@ -246,40 +128,41 @@ class DocumentDummyInputsBuilder(BaseDummyInputsBuilder[DocumentProcessingInfo])
         if not count:
             return {}
         per_item = max(1, seq_len // count - 1)
-        filler = 0 if self.info.placeholder.token_id != 0 else 1
-        return {MODALITY: [{"token_ids": [filler] * per_item, "factor": 1}] * count}
+        filler = self.info.filler_token_id
+        document = PlannedDocument(
+            (filler,) * per_item, uniform_plan(per_item, 1), "fits", "whole", 0
+        )
+        return {MODALITY: [document] * count}
 
 
 class DocumentMultiModalProcessor(BaseMultiModalProcessor[DocumentProcessingInfo]):
-    """Tokenizes documents, picks their factor, expands their placeholders."""
+    """Turns planned documents into fields and inserts their soft-token runs."""
 
     def _call_hf_processor(
         self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
         """Per document: the kept token ids and, per planned span, its length and factor."""
-        documents = list(hf_data.get("documents", []))  # type: ignore[call-overload]
+        documents: list[PlannedDocument] = list(hf_data.get("documents", []))  # type: ignore[call-overload]
         kept_ids: list[int] = []
         span_lengths: list[int] = []
         span_factors: list[int] = []
-        num_tokens, num_spans, soft_tokens = [], [], []
         for document in documents:
-            token_ids = self.info.document_token_ids(document)
-            plan = self.info.document_plan(document, token_ids)
-            for span in plan.spans:
-                kept_ids.extend(token_ids[span.start : span.end])
+            for span in document.plan.spans:
+                kept_ids.extend(document.token_ids[span.start : span.end])
                 span_lengths.append(span.num_tokens)
                 span_factors.append(span.factor)
-            num_tokens.append(plan.kept_tokens)
-            num_spans.append(len(plan.spans))
-            soft_tokens.append(plan.soft_tokens)
+
+        def column(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long)
+
         return BatchFeature(
             {
-                "document_token_ids": torch.tensor(kept_ids, dtype=torch.long),
-                "document_span_lengths": torch.tensor(span_lengths, dtype=torch.long),
-                "document_span_factors": torch.tensor(span_factors, dtype=torch.long),
-                "document_num_tokens": torch.tensor(num_tokens, dtype=torch.long),
-                "document_num_spans": torch.tensor(num_spans, dtype=torch.long),
-                "document_soft_tokens": torch.tensor(soft_tokens, dtype=torch.long),
+                "document_token_ids": column(kept_ids),
+                "document_span_lengths": column(span_lengths),
+                "document_span_factors": column(span_factors),
+                "document_num_tokens": column([d.plan.kept_tokens for d in documents]),
+                "document_num_spans": column([len(d.plan.spans) for d in documents]),
+                "document_soft_tokens": column([d.plan.soft_tokens for d in documents]),
             }
         )
 
@@ -303,16 +186,54 @@ class DocumentMultiModalProcessor(BaseMultiModalProcessor[DocumentProcessingInfo
         mm_items: Any,
         hf_processor_mm_kwargs: Mapping[str, object],
         out_mm_kwargs: MultiModalKwargsItems,
-    ) -> Sequence[PromptReplacement]:
-        placeholder_id = self.info.placeholder.token_id
+    ) -> Sequence[PromptInsertion]:
+        # One update per document, as vLLM's bookkeeping expects; where each run goes is the
+        # document's own position (see _maybe_apply_prompt_updates), never a token search.
+        filler = self.info.filler_token_id
         documents = out_mm_kwargs.get(MODALITY, [])
 
-        def replacement(item_idx: int) -> list[int]:
-            return [placeholder_id] * int(documents[item_idx]["document_soft_tokens"].data)
+        def insertion(item_idx: int) -> list[int]:
+            return [filler] * int(documents[item_idx]["document_soft_tokens"].data)
 
         return [
-            PromptReplacement(modality=MODALITY, target=[placeholder_id], replacement=replacement)
+            PromptInsertion(
+                modality=MODALITY, target=PromptIndexTargets.start(), insertion=insertion
+            )
         ]
+
+    def _maybe_apply_prompt_updates(self, mm_items: Any, mm_res: Any) -> tuple[list[int], Any]:
+        """Insert each document's soft-token run at its planned position in the prompt."""
+        if MODALITY not in mm_items:
+            return super()._maybe_apply_prompt_updates(mm_items, mm_res)
+        documents: list[PlannedDocument] = list(mm_items[MODALITY].get_all())
+        prompt_ids = list(mm_res.prompt_ids)
+        filler = self.info.filler_token_id
+        order = sorted(range(len(documents)), key=lambda i: (documents[i].position, i))
+        new_ids: list[int] = []
+        placeholders: list[PlaceholderFeaturesInfo | None] = [None] * len(documents)
+        cursor = 0
+        for item_idx in order:
+            position = documents[item_idx].position
+            if not 0 <= position <= len(prompt_ids):
+                raise DocumentValidationError(
+                    f"document {item_idx} is placed at token {position}, outside the prompt's "
+                    f"{len(prompt_ids)} tokens (prompt truncation cannot be combined with "
+                    "documents)",
+                    parameter=MODALITY,
+                )
+            new_ids.extend(prompt_ids[cursor:position])
+            cursor = position
+            tokens = [filler] * documents[item_idx].plan.soft_tokens
+            placeholders[item_idx] = PlaceholderFeaturesInfo(
+                modality=MODALITY,
+                item_idx=item_idx,
+                start_idx=len(new_ids),
+                tokens=tokens,
+                is_embed=None,
+            )
+            new_ids.extend(tokens)
+        new_ids.extend(prompt_ids[cursor:])
+        return new_ids, {MODALITY: placeholders}
 
     def apply(self, inputs: Any, timing_ctx: Any) -> Any:
         result = super().apply(inputs, timing_ctx)
@@ -331,7 +252,7 @@ class DocumentMultiModalProcessor(BaseMultiModalProcessor[DocumentProcessingInfo
             f"the prompt needs {prompt_len} tokens ({soft} soft tokens for {len(ranges)} "
             f"document(s) + {prompt_len - soft} text tokens), {prompt_len - max_model_len + 1} "
             f"more than the model window of {max_model_len} allows with room for one output "
-            f"token; lower --landmark-budget (now {self.info.budget} per document), allow "
-            "larger factors, or raise --max-model-len",
+            "token; use larger factors or a smaller plan for the documents given with one, "
+            "shorten the messages, or raise --max-model-len",
             parameter=MODALITY,
         )

@@ -1,0 +1,145 @@
+"""The request path's pure pieces: markers, segment tokenization, the budget rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_landmark.compression.choice import NO_EMBEDDER, EmbedderChoice
+from vllm_landmark.config import LandmarkConfig
+from vllm_landmark.document.items import DocumentError
+from vllm_landmark.document.marker import (
+    DOCUMENT_MARKER,
+    MarkerError,
+    SegmentTokenizer,
+    filler_token_id,
+    new_marker,
+    split_at_markers,
+)
+from vllm_landmark.document.planning import (
+    DocumentPlanner,
+    ParsedDocument,
+    position_scores,
+    share_room,
+)
+
+TRAINED = EmbedderChoice("trained", "/unused", (2, 4, 8, 16, 32))
+
+
+def test_markers_are_fresh_and_split_the_prompt_in_order() -> None:
+    first, second = new_marker(), new_marker()
+    assert first != second and len(first) > 32
+    assert split_at_markers(f"a{first}b{second}c", [first, second]) == ["a", "b", "c"]
+    assert split_at_markers(f"{DOCUMENT_MARKER}x{DOCUMENT_MARKER}", [DOCUMENT_MARKER] * 2) == [
+        "",
+        "x",
+        "",
+    ]
+    with pytest.raises(MarkerError, match="0 document marker"):
+        split_at_markers("no marker here", [first])
+    with pytest.raises(MarkerError, match="out of order"):
+        split_at_markers(f"{second}{first}", [first, second])
+    with pytest.raises(MarkerError, match="3 document marker"):
+        split_at_markers(DOCUMENT_MARKER * 3, [DOCUMENT_MARKER] * 2)
+
+
+def test_text_after_a_document_tokenizes_as_after_a_special_token(tiny_model) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    segments = SegmentTokenizer.for_tokenizer(tokenizer)
+    assert segments.boundary is not None
+    special = segments.boundary
+    for text in ["\nthe keeper", " light", "question?\n<|im_end|>\n"]:
+        expected = tokenizer.encode(special + text, add_special_tokens=False)[1:]
+        assert segments.encode_after_document(text) == expected
+    ids, positions = segments.encode(["<|im_start|>user\n", "\nwhy?"], {})
+    head = tokenizer.encode("<|im_start|>user\n", add_special_tokens=False)
+    assert positions == [len(head)] and ids[: len(head)] == head
+    assert filler_token_id(tokenizer) != tokenizer.eos_token_id
+
+
+def test_water_filling_shares() -> None:
+    assert share_room([10, 20], 100, None) == [10, 20]
+    assert share_room([10, 500, 500], 210, None) == [10, 100, 100]
+    assert share_room([300, 300], 101, None) == [51, 50]
+    assert share_room([300, 300], 1000, 64) == [64, 64]
+    assert share_room([5], -3, None) == [0]
+    for lengths, room, cap in [([7, 90, 3, 400], 333, None), ([50] * 7, 100, 20)]:
+        shares = share_room(lengths, room, cap)
+        assert sum(shares) <= room
+        assert all(s <= n for s, n in zip(shares, lengths, strict=True))
+
+
+def test_position_scores_keep_head_and_tail_first() -> None:
+    scores = position_scores(640)
+    best = sorted(range(len(scores.values)), key=lambda i: -scores.values[i])[:2]
+    assert sorted(best) == [0, len(scores.values) - 1]
+
+
+def planner(tokenizer, embedder=NO_EMBEDDER, window: int = 512, **config) -> DocumentPlanner:
+    return DocumentPlanner(LandmarkConfig(**config), tokenizer, window, embedder)
+
+
+def document(n: int, **kwargs) -> ParsedDocument:
+    return ParsedDocument(token_ids=tuple(range(5, 5 + n)), marker=DOCUMENT_MARKER, **kwargs)
+
+
+def test_a_prompt_that_fits_reads_every_document_whole(tiny_model) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    # 261 document tokens + 34 text tokens + the default reserve (128 in a 512 window) fit.
+    planned = planner(tokenizer).plan([document(261)], [3], text_tokens=34)[0]
+    assert planned.reason == "fits" and planned.plan.as_triples() == [(0, 261, 1)]
+    # The request's max_tokens replaces the reserve: 34 + 261 + 300 > 512.
+    tight = planner(tokenizer).plan([document(261)], [3], 34, max_output_tokens=300)[0]
+    assert tight.reason == "window" and tight.plan.soft_tokens == 512 - 34 - 300
+    assert tight.selection == "position" and set(tight.summary()["factors"]) == {1}
+
+
+def test_over_the_window_compresses_only_with_a_trained_embedder(tiny_model) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    without = planner(tokenizer).plan([document(2000)], [0], 50)[0]
+    assert without.summary()["factors"] == [1] and without.plan.soft_tokens <= 512 - 50 - 128
+    first, last = without.plan.spans[0], without.plan.spans[-1]
+    assert first.start == 0 and last.end == 2000  # head and tail kept, the middle left out
+    trained = planner(tokenizer, TRAINED).plan([document(2000)], [0], 50)[0]
+    assert trained.plan.kept_tokens == 2000 and trained.plan.soft_tokens <= 334
+    assert trained.selection == "uniform" and trained.summary()["factors"] == [8]
+
+
+def test_documents_share_the_room_and_the_budget_caps_each(tiny_model) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    short, long = document(40), document(900)
+    planned = planner(tokenizer).plan([short, long], [0, 1], 30)
+    assert planned[0].reason == "fits" and planned[0].plan.soft_tokens == 40
+    assert planned[1].plan.soft_tokens == 512 - 30 - 128 - 40
+    capped = planner(tokenizer, budget=64).plan([short, long], [0, 1], 30)
+    assert capped[0].reason == "fits" and capped[1].reason == "budget"
+    assert capped[1].plan.soft_tokens == 64
+    assert long.planned is capped[1]  # the parsed document holds its plan
+
+
+def test_given_factors_and_plans_are_kept_and_checked(tiny_model) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    plain = planner(tokenizer)
+    item = {"token_ids": list(range(5, 105)), "plan": [[0, 50, 1], [60, 100, 1]]}
+    planned = plain.plan([plain.parse(item, DOCUMENT_MARKER)], [0], 10)[0]
+    assert planned.reason == "plan" and planned.plan.as_triples() == [(0, 50, 1), (60, 100, 1)]
+    with pytest.raises(DocumentError, match="factor=4 is not served here"):
+        plain.parse({"token_ids": [5] * 10, "factor": 4}, DOCUMENT_MARKER)
+    with pytest.raises(DocumentError, match="past the document"):
+        plain.parse({"token_ids": [5] * 10, "plan": [[0, 20, 1]]}, DOCUMENT_MARKER)
+    with pytest.raises(DocumentError, match="no room"):
+        plain.plan([document(100)], [0], text_tokens=500)
+    keys = {
+        planner(tokenizer, TRAINED).plan([document(600)], [0], 10, max_output_tokens=m)[0].cache_key
+        for m in (10, 10, 400)
+    }
+    assert len(keys) == 2  # the cache key follows the plan, not the request
