@@ -15,12 +15,11 @@ import torch.nn.functional as F
 
 from tests.m3_reference.tiny_m3 import WORDS, build_tiny_m3, generate_text
 from vllm_landmark.document.tokens import encode_document as llm_encode_document
+from vllm_landmark.retrieval.encoding import special_affixes, window_owners
 from vllm_landmark.retrieval.m3 import M3Encoder, colbert_score, lexical_matching_score
 from vllm_landmark.retrieval.segment import segment
 from vllm_landmark.retrieval.spans import (
     SpanRanker,
-    _owners,
-    _special_affixes,
     encode_document,
     encode_query,
     plan_windows,
@@ -100,7 +99,7 @@ def test_plan_windows_cover_overlap_and_spread_evenly() -> None:
 
 def test_owner_is_the_window_where_a_token_is_farthest_from_an_edge() -> None:
     n, windows = 500, plan_windows(500, 128, 32)
-    owner = _owners(n, windows)
+    owner = window_owners(n, windows)
 
     def context(t: int, w: int) -> float:
         a, b = windows[w]
@@ -121,7 +120,7 @@ def test_long_document_windows_keep_the_owner_window_vectors(encoder: M3Encoder)
     text = generate_text(rng, 60)
     doc = encode_document(encoder, text, window=100, overlap=24)
     assert len(doc.windows) > 3
-    prefix, suffix = _special_affixes(encoder.tokenizer)
+    prefix, suffix = special_affixes(encoder.tokenizer)
     ids = doc.input_ids.tolist()
     for w, (a, b) in enumerate(doc.windows):
         row = torch.tensor([prefix + ids[a:b] + suffix])
