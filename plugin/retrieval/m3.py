@@ -1,19 +1,7 @@
 """BGE-M3 encoder: dense, lexical (sparse) and multi-vector (ColBERT) outputs from one forward.
 
-Score definitions follow FlagEmbedding 1.4.2 (``BGEM3FlagModel``), the parity reference:
-
-* dense: the normalized ``[CLS]`` vector; score = inner product. A folder whose
-  sentence-transformers ``1_Pooling/config.json`` asks for mean pooling (e5, the default
-  retriever) gives the normalized mean of the token states instead.
-* lexical weights: ``relu(sparse_linear(h))`` per token, the maximum per token id, keyed by
-  ``str(token_id)``; ids of the cls/eos/pad/unk tokens and weights <= 0 are dropped (``<mask>``
-  and other special tokens are kept, as in FlagEmbedding). Score = sum over shared ids of the
-  product of the two weights.
-* multi-vector: ``normalize(colbert_linear(h))`` for every token after ``[CLS]`` (the final
-  ``</s>`` included), so a text of ``n`` tokens gives ``n - 1`` vectors. Score = for every query
-  vector the best inner product with any passage vector, summed, divided by the number of query
-  vectors.
-* hybrid: ``sum(w_i * s_i) / sum(w_i)`` over the scores used.
+Outputs and scores follow FlagEmbedding 1.4.2 (``BGEM3FlagModel``), the parity reference; their
+definitions are in :mod:`.m3_scores`, the folder's heads, pooling and prompts in :mod:`.m3_folder`.
 
 Differences from FlagEmbedding, on purpose:
 
@@ -37,12 +25,9 @@ Differences from FlagEmbedding, on purpose:
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -50,7 +35,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..hf_folders import find_model_folder, looks_like_repo_id
+from .m3_folder import (
+    HEAD_FILES,
+    linear_from_state,
+    load_head,
+    read_pooling,
+    read_prompts,
+    resolve_folder,
+)
+from .m3_scores import (
+    DEFAULT_WEIGHTS,
+    M3Output,
+    ScoreKey,
+    check_weights,
+    colbert_score,
+    dense_score,
+    hybrid_score,
+    lexical_matching_score,
+    pair_scores,
+)
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -63,108 +66,13 @@ __all__ = [
     "lexical_matching_score",
 ]
 
-#: Default hybrid weights for (dense, sparse, colbert), as recommended for BGE-M3.
-DEFAULT_WEIGHTS: tuple[float, float, float] = (0.4, 0.2, 0.4)
-
-#: File names of the two heads inside a BGE-M3 folder (``.pt`` first, as FlagEmbedding reads).
-HEAD_FILES: dict[str, tuple[str, ...]] = {
-    "sparse_linear": ("sparse_linear.pt", "sparse_linear.safetensors"),
-    "colbert_linear": ("colbert_linear.pt", "colbert_linear.safetensors"),
-}
-
-#: sentence-transformers files read for the pooling mode and the prompts (both optional).
-POOLING_FILE = "1_Pooling/config.json"
-PROMPTS_FILE = "config_sentence_transformers.json"
-
 # Model types whose position ids start after the padding index (RoBERTa family).
 _OFFSET_POSITION_MODELS = {"xlm-roberta", "roberta", "camembert", "xlm-roberta-xl"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-ScoreKey = Literal["colbert", "sparse", "dense", "sparse+dense", "colbert+sparse+dense"]
-
 
 class MissingHeadError(RuntimeError):
     """Raised when a sparse or multi-vector output is asked of a folder without that head."""
-
-
-@dataclass
-class M3Output:
-    """Outputs of :meth:`M3Encoder.encode`, one entry per input text, in input order.
-
-    ``dense_vecs``: array ``(n_texts, hidden)``; ``lexical_weights``: ``{str(token_id): weight}``
-    per text; ``colbert_vecs``: array ``(n_tokens - 1, colbert_dim)`` per text; ``input_ids``:
-    the token ids the encoder saw (special tokens included). Outputs not asked for are ``None``.
-    """
-
-    dense_vecs: np.ndarray
-    lexical_weights: list[dict[str, float]] | None
-    colbert_vecs: list[np.ndarray] | None
-    input_ids: list[list[int]]
-
-    def as_dict(self) -> dict[str, Any]:
-        """The three outputs under FlagEmbedding's keys."""
-        return {
-            "dense_vecs": self.dense_vecs,
-            "lexical_weights": self.lexical_weights,
-            "colbert_vecs": self.colbert_vecs,
-        }
-
-
-# ----------------------------------------------------------------------------------------------
-# Scores
-# ----------------------------------------------------------------------------------------------
-
-
-def dense_score(q: np.ndarray | torch.Tensor, p: np.ndarray | torch.Tensor) -> float | np.ndarray:
-    """Inner product of dense vectors: a float for two vectors, ``q @ p.T`` for matrices."""
-    qa, pa = np.asarray(q, dtype=np.float64), np.asarray(p, dtype=np.float64)
-    if qa.ndim == 1 and pa.ndim == 1:
-        return float(qa @ pa)
-    return np.atleast_2d(qa) @ np.atleast_2d(pa).T
-
-
-def lexical_matching_score(q: Mapping[str, float], p: Mapping[str, float]) -> float:
-    """Sum over the token ids present in both of the product of their lexical weights."""
-    if len(p) < len(q):
-        q, p = p, q
-    return float(sum(float(w) * float(p[t]) for t, w in q.items() if t in p))
-
-
-def colbert_score(q_vecs: np.ndarray | torch.Tensor, p_vecs: np.ndarray | torch.Tensor) -> float:
-    """Late interaction: mean over query vectors of the best inner product with a passage vector."""
-    qa, pa = np.asarray(q_vecs, dtype=np.float64), np.asarray(p_vecs, dtype=np.float64)
-    if qa.ndim != 2 or pa.ndim != 2 or len(qa) == 0 or len(pa) == 0:
-        raise ValueError(
-            f"colbert_score needs two non-empty 2-D arrays, got shapes {qa.shape} and {pa.shape}"
-        )
-    return float((qa @ pa.T).max(axis=1).sum() / len(qa))
-
-
-def _check_weights(weights: Sequence[float] | None) -> tuple[float, float, float]:
-    w = DEFAULT_WEIGHTS if weights is None else tuple(float(x) for x in weights)
-    if len(w) != 3:
-        raise ValueError(f"weights are (dense, sparse, colbert): 3 numbers, got {len(w)}")
-    if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
-        raise ValueError(f"weights must be finite, >= 0 and not all 0, got {w}")
-    return w  # type: ignore[return-value]
-
-
-def hybrid_score(
-    dense: float | None = None,
-    sparse: float | None = None,
-    colbert: float | None = None,
-    weights: Sequence[float] | None = None,
-) -> float:
-    """Weighted mean of the scores given: ``sum(w * s) / sum(w)`` over the non-``None`` ones.
-
-    ``weights`` are (dense, sparse, colbert), default :data:`DEFAULT_WEIGHTS`.
-    """
-    w = _check_weights(weights)
-    used = [(wi, s) for wi, s in zip(w, (dense, sparse, colbert), strict=True) if s is not None]
-    total = sum(wi for wi, _ in used)
-    if not used or total <= 0:
-        raise ValueError("hybrid_score needs at least one score with a weight > 0")
-    return float(sum(wi * s for wi, s in used) / total)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,81 +97,6 @@ def clean_text(text: str, index: int = 0) -> str:
 # ----------------------------------------------------------------------------------------------
 # Encoder
 # ----------------------------------------------------------------------------------------------
-
-
-def _resolve_folder(model_path: str | Path) -> Path:
-    folder = find_model_folder(model_path)
-    if folder is not None:
-        return folder
-    if looks_like_repo_id(model_path):
-        raise FileNotFoundError(
-            f"{model_path!r} is not a folder and not in the local Hugging Face cache"
-        )
-    raise FileNotFoundError(f"BGE-M3 model folder not found: {model_path}")
-
-
-def _load_head(folder: Path, name: str) -> dict[str, torch.Tensor] | None:
-    for file_name in HEAD_FILES[name]:
-        file = folder / file_name
-        if not file.is_file():
-            continue
-        if file.suffix == ".pt":
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        else:
-            from safetensors.torch import load_file
-
-            state = load_file(str(file), device="cpu")
-        if not isinstance(state, Mapping) or "weight" not in state:
-            raise ValueError(f"{file} is not a Linear state dict (no 'weight' entry)")
-        unknown = set(state) - {"weight", "bias"}
-        if unknown:
-            raise ValueError(f"{file} has unexpected entries {sorted(unknown)}")
-        return dict(state)
-    return None
-
-
-def _linear_from_state(
-    state: dict[str, torch.Tensor], in_features: int, out_features: int | None, file: str
-) -> torch.nn.Linear:
-    weight = state["weight"]
-    if weight.ndim != 2 or weight.shape[1] != in_features:
-        raise ValueError(
-            f"{file}: weight shape {tuple(weight.shape)} does not fit hidden size {in_features}"
-        )
-    if out_features is not None and weight.shape[0] != out_features:
-        raise ValueError(
-            f"{file}: weight shape {tuple(weight.shape)}, expected {out_features} rows"
-        )
-    linear = torch.nn.Linear(in_features, weight.shape[0], bias="bias" in state)
-    linear.load_state_dict(state)
-    return linear
-
-
-def _read_pooling(folder: Path) -> Literal["cls", "mean"]:
-    """``"mean"`` when the folder's sentence-transformers pooling says so, else ``"cls"``."""
-    file = folder / POOLING_FILE
-    if not file.is_file():
-        return "cls"
-    config = json.loads(file.read_text())
-    modes = sorted(k for k, v in config.items() if k.startswith("pooling_mode_") and v is True)
-    if modes in ([], ["pooling_mode_cls_token"]):
-        return "cls"
-    if modes == ["pooling_mode_mean_tokens"]:
-        return "mean"
-    raise ValueError(f"{file}: unsupported pooling {modes} (CLS or mean pooling only)")
-
-
-def _read_prompts(folder: Path) -> dict[str, str]:
-    """The ``prompts`` of the folder's ``config_sentence_transformers.json`` (may be empty)."""
-    file = folder / PROMPTS_FILE
-    if not file.is_file():
-        return {}
-    prompts = json.loads(file.read_text()).get("prompts") or {}
-    if not isinstance(prompts, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
-    ):
-        raise ValueError(f"{file}: 'prompts' must map names to strings")
-    return dict(prompts)
 
 
 class M3Encoder:
@@ -291,7 +124,7 @@ class M3Encoder:
     ) -> None:
         from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
-        self.path = _resolve_folder(model_path)
+        self.path = resolve_folder(model_path)
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch_size = batch_size
@@ -309,25 +142,25 @@ class M3Encoder:
         config = self.model.config
         self.hidden_size: int = config.hidden_size
         #: How the dense vector pools the token states: ``"cls"`` (BGE-M3) or ``"mean"`` (e5).
-        self.pooling: Literal["cls", "mean"] = _read_pooling(self.path)
+        self.pooling: Literal["cls", "mean"] = read_pooling(self.path)
         #: Text prefixes by name, e.g. ``{"query": "query: ", "passage": "passage: "}`` for e5.
-        self.prompts: dict[str, str] = _read_prompts(self.path)
+        self.prompts: dict[str, str] = read_prompts(self.path)
 
         missing = []
         self.sparse_linear: torch.nn.Linear | None = None
         self.colbert_linear: torch.nn.Linear | None = None
-        sparse_state = _load_head(self.path, "sparse_linear")
+        sparse_state = load_head(self.path, "sparse_linear")
         if sparse_state is None:
             missing.append("sparse_linear")
         else:
-            self.sparse_linear = _linear_from_state(
+            self.sparse_linear = linear_from_state(
                 sparse_state, self.hidden_size, 1, "sparse_linear"
             )
-        colbert_state = _load_head(self.path, "colbert_linear")
+        colbert_state = load_head(self.path, "colbert_linear")
         if colbert_state is None:
             missing.append("colbert_linear")
         else:
-            self.colbert_linear = _linear_from_state(
+            self.colbert_linear = linear_from_state(
                 colbert_state, self.hidden_size, None, "colbert_linear"
             )
         for head in (self.sparse_linear, self.colbert_linear):
@@ -560,7 +393,7 @@ class M3Encoder:
         score divides by the sum of the weights it uses ("sparse+dense" is NaN if both are 0).
         Queries take the folder's ``"query"`` prompt and passages its ``"passage"`` prompt, if any.
         """
-        w_dense, w_sparse, w_colbert = _check_weights(weights)
+        weights = check_weights(weights)
         # As in FlagEmbedding, two strings (tuple or list) are one pair.
         single = (
             isinstance(pairs, (tuple, list))
@@ -592,29 +425,7 @@ class M3Encoder:
             batch_size=batch_size,
             prompt_name="passage",
         )
-        assert q.lexical_weights is not None and p.lexical_weights is not None
-        assert q.colbert_vecs is not None and p.colbert_vecs is not None
-        out: dict[ScoreKey, list[float]] = {
-            "colbert": [],
-            "sparse": [],
-            "dense": [],
-            "sparse+dense": [],
-            "colbert+sparse+dense": [],
-        }
-        sd_total = w_dense + w_sparse
-        for i in range(len(pair_list)):
-            d = float(dense_score(q.dense_vecs[i], p.dense_vecs[i]))
-            s = lexical_matching_score(q.lexical_weights[i], p.lexical_weights[i])
-            c = colbert_score(q.colbert_vecs[i], p.colbert_vecs[i])
-            out["colbert"].append(c)
-            out["sparse"].append(s)
-            out["dense"].append(d)
-            out["sparse+dense"].append(
-                (w_sparse * s + w_dense * d) / sd_total if sd_total > 0 else math.nan
-            )
-            out["colbert+sparse+dense"].append(
-                (w_colbert * c + w_sparse * s + w_dense * d) / (w_dense + w_sparse + w_colbert)
-            )
+        out = pair_scores(q, p, weights)
         if single:
             return {k: v[0] for k, v in out.items()}
         return out  # type: ignore[return-value]

@@ -25,7 +25,8 @@ from .encoding import (
     llm_token_offsets,
     plan_windows,
 )
-from .m3 import M3Encoder, _check_weights
+from .m3 import M3Encoder
+from .m3_scores import check_weights
 from .scoring import (
     MAX_SPAN_SENTENCES,
     SpanScores,
@@ -196,7 +197,7 @@ class SpanRanker:
     ) -> None:
         self.encoder = encoder
         self.max_document_tokens = max_document_tokens
-        self.weights = _check_weights(weights)
+        self.weights = check_weights(weights)
         self.cache: EncodingCache[DocumentEncoding] = (
             cache if cache is not None else EncodingCache(cache_bytes)
         )
@@ -240,7 +241,7 @@ class SpanRanker:
     ) -> _ScoredDocument:
         """Encode (or fetch) the document, encode the query, score every candidate span."""
         t0 = time.perf_counter()
-        w = self.weights if weights is None else _check_weights(weights)
+        w = self.weights if weights is None else check_weights(weights)
         q = encode_query(self.encoder, query)
         t1 = time.perf_counter()
         doc, cached = self.document_encoding(document)
