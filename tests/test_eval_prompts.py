@@ -149,11 +149,11 @@ def test_build_request_per_mode(word_tokenizer) -> None:
     from eval.longbench.retrieval import LexicalRetriever
 
     settings = PredSettings(mode="retrieval-only", budget=8, max_length=100)
-    context = "w1 w2. w3 keeper w4. w5 w6. w7 w8. w9 w10. w11 w12."
+    context = "W1 w2. W3 keeper w4. W5 w6. W7 w8. W9 w10. W11 w12."
     item2 = {**item, "context": context, "input": "keeper?"}
     req, meta = build_request("qasper", item2, settings, config, word_tokenizer, LexicalRetriever())
     # two-sentence windows containing "keeper" score; the first one that fits 8 tokens wins
-    assert req.messages[0]["content"] == "Q:\n\nw1 w2. w3 keeper w4.\n\nkeeper?"
+    assert req.messages[0]["content"] == "Q:\n\nW1 w2. W3 keeper w4.\n\nkeeper?"
     assert meta["retrieval"]["retriever"] == "lexical" and meta["retrieval"]["spans"]
 
 

@@ -4,11 +4,11 @@ A ``SpanRetriever`` scores candidate spans (character offsets into the document)
 question; ``select_spans`` keeps the best ones that fit a token budget and returns them in
 document order. Two retrievers:
 
-* ``lexical``: a BM25 baseline over windows of consecutive sentences (words for Latin
-  scripts, character bigrams for CJK). No model; it exists so the mode runs today and as a
-  floor to compare against.
-* ``m3``: the project's chunking-free M3 span ranker (``vllm_landmark.retrieval.spans``,
-  issue 3) with a BGE-M3-layout folder; ``RetrieverUnavailable`` when it cannot load.
+* ``lexical``: a BM25 baseline over windows of consecutive sentences (the project's segmenter,
+  :mod:`vllm_landmark.retrieval.segment`; words for Latin scripts, character bigrams for CJK).
+  No model: a floor to compare against.
+* ``m3``: the project's chunking-free M3 span ranker (``vllm_landmark.retrieval.spans``) with
+  a BGE-M3-layout folder; ``RetrieverUnavailable`` when it cannot load.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from eval.longbench.prompts import TokenizerLike
+from vllm_landmark.retrieval.segment import segment
 
 SPAN_SEPARATOR = "\n...\n"
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s+|(?<=[。！？])|\n\s*\n")
 _LATIN_WORD = re.compile(r"[^\W\d_]{2,}|\d+", re.UNICODE)
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 
 
 class RetrieverUnavailable(Exception):
-    """The requested retriever cannot run here (e.g. its module is not written yet)."""
+    """The requested retriever cannot run here (e.g. no model folder was given)."""
 
 
 @dataclass(frozen=True)
@@ -52,32 +52,13 @@ class SpanRetriever(Protocol):
         ...
 
 
-def _split_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:
-    """Cut a range longer than ``max_chars`` at whitespace (or anywhere, for CJK runs)."""
-    out = []
-    while end - start > max_chars:
-        cut = text.rfind(" ", start + max_chars // 2, start + max_chars)
-        cut = cut if cut > start else start + max_chars
-        out.append((start, cut))
-        start = cut
-    out.append((start, end))
-    return out
-
-
 def sentence_bounds(text: str, max_chars: int = 400) -> list[tuple[int, int]]:
-    """Character ranges of the sentences (and paragraph breaks) of a text.
+    """Character ranges of the units of a text, from the project's segmenter.
 
     Text without sentence ends (code, lists, word salad) is cut into pieces of at most
     ``max_chars`` characters so that spans stay small enough to select.
     """
-    bounds: list[tuple[int, int]] = []
-    start = 0
-    ends = [(m.start(), m.end()) for m in _SENTENCE_END.finditer(text)] + [(len(text), len(text))]
-    for end, next_start in ends:
-        if end > start and text[start:end].strip():
-            bounds.extend(_split_long(text, start, end, max_chars))
-        start = max(start, next_start)
-    return bounds
+    return [(unit.start, unit.end) for unit in segment(text, max_chars=max_chars)]
 
 
 def terms(text: str) -> list[str]:
@@ -139,8 +120,8 @@ class M3SpanRetriever:
             from vllm_landmark.retrieval.spans import SpanRanker
         except ImportError as exc:
             raise RetrieverUnavailable(
-                "retriever 'm3' needs vllm_landmark.retrieval.spans (plugin/retrieval/spans.py, "
-                f"issue 3), which does not import here ({exc}); use --retriever lexical"
+                "retriever 'm3' needs vllm_landmark.retrieval.spans (plugin/retrieval/spans.py), "
+                f"which does not import here ({exc}); use --retriever lexical"
             ) from exc
         if not model_dir:
             raise RetrieverUnavailable(
