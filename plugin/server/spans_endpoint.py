@@ -35,6 +35,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from ..config import HF_CONFIG_KEY, LandmarkConfig
+from ..document.items import DocumentError, check_document_text
 from ..retrieval.spans import MAX_SPAN_SENTENCES, SpanRanker, SpanRanking
 
 __all__ = [
@@ -204,15 +205,10 @@ class SpansService:
                     detail=f"unknown retriever {given!r:.200}; this server has "
                     f"{self.retriever_name!r} ({self.retriever_path})",
                 )
-        if not request.document.strip():
-            raise _bad_request("the document is empty (no text besides whitespace)")
-        if len(request.document) > self.config.max_document_chars:
-            raise _bad_request(
-                f"the document has {len(request.document)} characters, over the limit of "
-                f"{self.config.max_document_chars} (--landmark-max-document-chars)"
-            )
-        if "\x00" in request.document:
-            raise _bad_request("the document contains NUL characters: binary data is not text")
+        try:
+            check_document_text(request.document, self.config)
+        except DocumentError as exc:
+            raise _bad_request(str(exc)) from exc
         if not request.question.strip():
             raise _bad_request("the question is empty (no text besides whitespace)")
         if request.span_sentences is not None and request.span_tokens is not None:
