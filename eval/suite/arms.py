@@ -1,0 +1,226 @@
+"""What the LLM gets in each arm of the QA comparison, all at one budget of context tokens.
+
+Text arms paste text into the prompt (at most ``budget`` LLM tokens of it, plus the
+``"\\n...\\n"`` separators between retrieved spans); plan arms send the document to the plugin
+with an explicit ``[start, end, k]`` plan whose soft tokens are at most ``budget``.
+
+=================  =====  ===============================================================
+arm                kind   what the LLM gets
+=================  =====  ===============================================================
+``truncate``       text   the context middle-truncated (LongBench's rule)
+``bm25``           text   the best BM25 spans (windows of 2 sentences; ``bm25s``), pasted
+``m3``             text   the best spans of the project's M3 ranker (default retriever)
+``oracle``         plan   one k=1 window of ``budget`` tokens centred on the gold sentence
+``fragments``      plan   the plugin's planner today: M3 sentence scores -> ``plan_spans``
+``win-tN``         plan   :func:`select_windows` token windows of N tokens at k=1 in
+                          ``raw_share`` of the budget, the rest compressed
+                          (:func:`windows_plan`, factors 2-32)
+``win-pN``         plan   the same, but a span's paragraph is taken whole when it has at
+                          most N tokens
+``win-tN-drop``    plan   windows fill the whole budget at k=1; the rest is dropped
+=================  =====  ===============================================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eval.longbench.prompts import middle_truncate
+from eval.longbench.retrieval import (
+    SPAN_SEPARATOR,
+    RetrievedSpan,
+    select_spans,
+    sentence_bounds,
+)
+from eval.suite.qa import word_count
+from vllm_landmark.compression.planner import plan_spans
+from vllm_landmark.compression.windows import (
+    paragraph_token_bounds,
+    select_windows,
+    windows_plan,
+)
+
+COMPRESSION_FACTORS = (2, 4, 8, 16, 32)
+_ARM = re.compile(r"^win-(?P<kind>[tp])(?P<size>\d+)(?P<drop>-drop)?$")
+_BM25_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+
+class Bm25Retriever:
+    """BM25 (the ``bm25s`` library) over windows of ``window`` consecutive sentences.
+
+    Candidates step one sentence at a time, as the project's lexical baseline does; words are
+    lower-cased ``\\w\\w+`` runs (``bm25s``'s default tokenizer), no stemming, no stop words.
+    """
+
+    name = "bm25"
+
+    def __init__(self, window: int = 2) -> None:
+        self.window = window
+
+    def rank(self, document: str, query: str) -> list[RetrievedSpan]:
+        """Every candidate span with its BM25 score against ``query``."""
+        import bm25s
+
+        sentences = sentence_bounds(document)
+        if not sentences:
+            return []
+        spans = []
+        for first in range(max(1, len(sentences) - self.window + 1)):
+            last = min(len(sentences), first + self.window) - 1
+            spans.append((sentences[first][0], sentences[last][1]))
+        corpus = bm25s.tokenize(
+            [document[s:e] for s, e in spans], stopwords=None, show_progress=False
+        )
+        index = bm25s.BM25()
+        index.index(corpus, show_progress=False)
+        terms = [t for t in _BM25_TOKEN.findall(query.lower()) if t in corpus.vocab]
+        scores = index.get_scores(terms) if terms else np.zeros(len(spans))
+        return [RetrievedSpan(s, e, float(v)) for (s, e), v in zip(spans, scores, strict=True)]
+
+
+@dataclass
+class DocumentView:
+    """One item's document as the plan arms see it: tokens, paragraphs, scored sentences."""
+
+    token_ids: list[int]
+    paragraphs: list[tuple[int, int]]
+    spans: list[tuple[int, int]]
+    scores: list[float]
+    evidence: tuple[int, int]
+    answer: tuple[int, int]
+
+
+def token_range(starts: Sequence[int], ends: Sequence[int], low: int, high: int) -> tuple[int, int]:
+    """The tokens that overlap characters ``[low, high)``."""
+    first = next(i for i in range(len(starts)) if ends[i] > low)
+    last = max(i for i in range(len(starts)) if starts[i] < high)
+    return first, last + 1
+
+
+def document_view(item: dict[str, Any], tokenizer: Any, ranker: Any) -> DocumentView:
+    """Tokens (as the plugin tokenizes the document), paragraphs and M3 sentence scores."""
+    from vllm_landmark.document.tokens import encode_document
+
+    context = item["context"]
+    ids = list(encode_document(tokenizer, context))
+    enc = tokenizer(
+        context, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+    )
+    if list(enc["input_ids"]) != ids:
+        raise ValueError(f"{item['id']}: offset tokenization differs from the plugin's")
+    starts = [int(a) for a, _ in enc["offset_mapping"]]
+    ends = [int(b) for _, b in enc["offset_mapping"]]
+    scored = ranker.score_all_spans(context, item["question"], llm_tokenizer=tokenizer)
+    if scored.llm_num_tokens != len(ids):
+        raise ValueError(f"{item['id']}: the retriever saw {scored.llm_num_tokens} LLM tokens")
+    spans, scores = [], []
+    for (a, b), value in zip(scored.llm_token_offsets.tolist(), scored.score.tolist(), strict=True):
+        if b > a:
+            spans.append((int(a), int(b)))
+            scores.append(float(value))
+    a_start = item["answer_start"]
+    return DocumentView(
+        token_ids=ids,
+        paragraphs=paragraph_token_bounds(context, starts),
+        spans=spans,
+        scores=scores,
+        evidence=token_range(starts, ends, *item["evidence"]),
+        answer=token_range(starts, ends, a_start, a_start + len(item["answer_word"])),
+    )
+
+
+@dataclass
+class ArmInput:
+    """One arm's context for one item: pasted ``text`` or a document ``plan``."""
+
+    arm: str
+    text: str | None = None
+    plan: list[list[int]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def is_plan_arm(arm: str) -> bool:
+    """Whether the arm sends the document with a plan (else it pastes text)."""
+    return arm in ("oracle", "fragments") or _ARM.match(arm) is not None
+
+
+def check_arm(arm: str) -> None:
+    """Raise ValueError for an arm name this module does not know."""
+    if arm not in ("truncate", "bm25", "m3") and not is_plan_arm(arm):
+        raise ValueError(
+            f"unknown arm {arm!r}: truncate, bm25, m3, oracle, fragments, win-tN, win-pN, "
+            "win-tN-drop, win-pN-drop"
+        )
+
+
+def plan_arm(arm: str, view: DocumentView, budget: int, raw_share: float) -> list[list[int]]:
+    """The ``[start, end, k]`` plan of a plan arm."""
+    n = len(view.token_ids)
+    if arm == "oracle":
+        windows = select_windows([view.evidence], [1.0], budget, budget, num_tokens=n)
+        return [[a, b, 1] for a, b in windows]
+    if arm == "fragments":
+        plan = plan_spans(view.spans, view.scores, budget, (1, *COMPRESSION_FACTORS))
+        return [list(t) for t in plan.as_triples()]
+    match = _ARM.match(arm)
+    if match is None:
+        raise ValueError(f"not a plan arm: {arm!r}")
+    size = int(match["size"])
+    drop = match["drop"] is not None
+    paragraphs = view.paragraphs if match["kind"] == "p" else None
+    raw_budget = budget if drop else int(budget * raw_share)
+    windows = select_windows(view.spans, view.scores, raw_budget, size, paragraphs, n)
+    factors = () if drop else COMPRESSION_FACTORS
+    plan = windows_plan(windows, view.spans, view.scores, n, budget, factors)
+    return [list(t) for t in plan.as_triples()]
+
+
+def arm_input(
+    arm: str,
+    item: dict[str, Any],
+    tokenizer: Any,
+    budget: int,
+    *,
+    view: DocumentView | None = None,
+    m3: Any = None,
+    raw_share: float = 0.75,
+) -> ArmInput:
+    """The context of ``arm`` for ``item`` (``view`` for plan arms, ``m3`` for the m3 arm)."""
+    check_arm(arm)
+    context = item["context"]
+    if arm == "truncate":
+        text, _, _ = middle_truncate(context, tokenizer, budget)
+        found = word_count(text, item["answer_word"]) > 0
+        return ArmInput(arm, text=text, info={"answer_in_context": found})
+    if arm in ("bm25", "m3"):
+        retriever = Bm25Retriever() if arm == "bm25" else m3
+        ranked = retriever.rank(context, item["question"])
+        spans = select_spans(context, ranked, tokenizer, budget)
+        text = SPAN_SEPARATOR.join(context[s.start : s.end].strip() for s in spans)
+        low = item["answer_start"]
+        covered = any(s.start <= low and low + len(item["answer_word"]) <= s.end for s in spans)
+        return ArmInput(
+            arm,
+            text=text,
+            info={"answer_in_context": covered, "spans": [[s.start, s.end] for s in spans]},
+        )
+    if view is None:
+        raise ValueError(f"arm {arm!r} needs the document view")
+    plan = plan_arm(arm, view, budget, raw_share)
+    a_low, a_high = view.answer
+    raw = any(s <= a_low and a_high <= e and k == 1 for s, e, k in plan)
+    return ArmInput(
+        arm,
+        plan=plan,
+        info={
+            "answer_in_context": raw,
+            "raw_tokens": sum(e - s for s, e, k in plan if k == 1),
+            "soft_tokens": sum(-(-(e - s) // k) for s, e, k in plan),
+            "windows": sum(1 for s, e, k in plan if k == 1),
+        },
+    )

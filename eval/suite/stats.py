@@ -1,0 +1,96 @@
+"""Statistics that let the suite rank arms: bootstrap intervals and a degeneration detector.
+
+* :func:`mean_interval`: the mean of per-item values and its 95% percentile-bootstrap interval.
+* :func:`paired_difference`: the mean of ``a - b`` over the same items and its 95% interval,
+  resampling items (both arms keep the same resampled items: a paired bootstrap). An interval
+  that excludes 0 says the two arms differ on this item population.
+* :func:`is_degenerate`: an empty answer, or one dominated by a single repeated token or
+  symbol ("the the the ...", "!!!!!!", "*****").
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap interval, over ``n`` items."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n}
+
+
+def _percentile_interval(
+    values: np.ndarray, resamples: int, seed: int, level: float
+) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    index = rng.integers(0, n, size=(resamples, n))
+    means = values[index].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def mean_interval(
+    values: Sequence[float],
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """Mean of ``values`` with a percentile-bootstrap interval (resampling items)."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        raise ValueError("no values: an interval needs at least one item")
+    low, high = _percentile_interval(data, resamples, seed, level)
+    return Interval(float(data.mean()), low, high, int(data.size))
+
+
+def paired_difference(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """Mean of ``a[i] - b[i]`` with a paired-bootstrap interval; ``a`` and ``b`` share items."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need the same items: {len(a)} vs {len(b)}")
+    return mean_interval(
+        np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64),
+        resamples=resamples,
+        seed=seed,
+        level=level,
+    )
+
+
+_PIECE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def is_degenerate(answer: str, dominance: float = 0.5, min_repeats: int = 4) -> bool:
+    """True for an empty answer or one dominated by one repeated token or symbol.
+
+    The answer is cut into words and single symbols; it is degenerate when it has no
+    letters or digits at all, or when one piece makes at least ``dominance`` of the pieces
+    and repeats at least ``min_repeats`` times.
+    """
+    pieces = _PIECE.findall(answer.lower())
+    if not pieces or not any(ch.isalnum() for ch in answer):
+        return True
+    _, top = Counter(pieces).most_common(1)[0]
+    return top >= min_repeats and top / len(pieces) >= dominance
