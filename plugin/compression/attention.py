@@ -11,10 +11,9 @@ across a boundary. Two implementations of the same function:
   A single call with a block-diagonal causal mask over the packed batch was measured slower on
   CPU: it computes (and allocates) the full total x total score matrix, so its cost grows with the
   square of the *batch* length instead of the sum of squared span lengths, and an explicit mask
-  also keeps torch off its fused causal CPU kernel. Measured on the 2-core dev CPU (9 heads /
-  3 kv heads, head_dim 64, float32): 16 spans of 256 tokens, loop 30 ms vs mask 890 ms; 4 of
-  1,024, 190 ms vs 860 ms; 64 of 64, 13 ms vs 870 ms. The Python loop costs microseconds per
-  span, so many short spans stay cheap too. tests/test_attention.py checks the equalities.
+  also keeps torch off its fused causal CPU kernel (timings in
+  eval/results/attention_loop_vs_mask_cpu.json). The Python loop costs microseconds per span,
+  so many short spans stay cheap too. tests/test_attention.py checks the equalities.
 """
 
 from __future__ import annotations

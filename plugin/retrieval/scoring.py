@@ -25,7 +25,7 @@ units ``s .. e-1``, i.e. every token whose start lies in them. Its components:
 
 Per unit first (maxima and sums over its tokens, :func:`reduce_units`), then over runs of
 units by sliding maxima/sums (:func:`score_spans`), so scoring every candidate costs little
-next to the query forward.
+next to the query forward (``span_ranker.score_s`` in eval/results/bench_m3.json).
 """
 
 from __future__ import annotations
