@@ -2,8 +2,9 @@
 
     python -m eval.report [--results eval/results] [--out eval/RESULTS.md] [--no-plots]
 
-Reads ``suite*.json`` (``eval.suite.run``), ``serving*.json`` (``eval.bench_serving``) and,
-when present, ``bench_overhead.json``. Every number on the page comes from those files.
+Reads ``suite*.json`` (``eval.suite.run``), ``qa*.json`` (``eval.suite.qa_run``),
+``serving*.json`` (``eval.bench_serving``) and, when present, ``bench_overhead.json``. Every
+number on the page comes from those files.
 """
 
 from __future__ import annotations
@@ -302,6 +303,31 @@ def serving_section(serving: dict[str, Any], name: str) -> str:
     return "\n".join(out)
 
 
+def qa_section(data: dict[str, Any], name: str) -> str:
+    """Markdown for one real-text QA comparison (``eval.suite.qa_run``)."""
+    from eval.suite.qa_run import markdown
+
+    held_out = data.get("items_retriever_held_out")
+    out = [
+        f"## Real-text QA, arms at equal budget (`{name}`)",
+        "",
+        f"Model {data['model']} ({data['dtype']}); machine: {machine_text(data['machine'])}.",
+        "",
+        f"Items: `{data['items_file']}`, split `{data['split']}`, {data['items']} items "
+        f"(languages {', '.join(data['languages'])}; {held_out} of them from documents the "
+        "retriever's heads never saw in training).",
+        "",
+        f"Command: `{data['command']}` (seconds: "
+        + ", ".join(f"{k} {v}" for k, v in data["seconds"].items())
+        + ").",
+        "",
+        *notes_text(data),
+        markdown(data),
+        "",
+    ]
+    return "\n".join(out)
+
+
 def overhead_section(data: dict[str, Any]) -> str:
     """Markdown for bench_overhead.json (plugin cost without documents)."""
     ratios = data.get("ratios", {})
@@ -324,6 +350,10 @@ def build(results: Path) -> str:
         data = json.loads(path.read_text())
         if data.get("kind") == "suite":
             parts.append(suite_section(data, path.name))
+    for path in sorted(results.glob("qa*.json")):
+        data = json.loads(path.read_text())
+        if data.get("kind") == "qa":
+            parts.append(qa_section(data, path.name))
     for path in sorted(results.glob("serving*.json")):
         data = json.loads(path.read_text())
         if data.get("kind") == "serving":
