@@ -45,6 +45,9 @@ def tiny_server(
             str(TINY_MAX_DOC_TOKENS),
             "--landmark-max-document-chars",
             str(TINY_MAX_DOC_CHARS),
+            # Named explicitly (never a default): these tests check the k>1 soft-prompt path.
+            "--landmark-embedder",
+            "mean-baseline",
             "--enforce-eager",
         ],
         log_dir=tmp_path_factory.mktemp("tiny-server"),

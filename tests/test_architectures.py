@@ -22,7 +22,7 @@ def test_k1_exact_and_k4_served_for_other_decoders(architecture: str, tmp_path: 
         dtype="float32",
         max_model_len=512,
         enforce_eager=True,
-        **engine_kwargs(LandmarkConfig(budget=128)),
+        **engine_kwargs(LandmarkConfig(budget=128, embedder="mean-baseline")),
     )
     try:
         params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)

@@ -251,7 +251,10 @@ def test_default_retriever_setting(retriever: Path) -> None:
     from vllm_landmark.config import DEFAULT_RETRIEVER, LandmarkConfig
     from vllm_landmark.patches.cli_flags import add_landmark_arguments, landmark_config_from_args
 
-    assert LandmarkConfig(retriever=DEFAULT_RETRIEVER).retriever == str(retriever)
+    # The config itself stays a plain value; the name is resolved where the server starts.
+    assert LandmarkConfig(retriever=DEFAULT_RETRIEVER).retriever == DEFAULT_RETRIEVER
+    resolved = LandmarkConfig(retriever=DEFAULT_RETRIEVER).with_default_models()
+    assert resolved.retriever == str(retriever)
     parser = add_landmark_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--landmark", "--landmark-retriever", "default"])
     config = landmark_config_from_args(args)

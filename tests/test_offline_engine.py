@@ -11,9 +11,10 @@ import torch
 
 from tests.documents import make_document
 from tests.tiny_llm import greedy_with_soft_tokens
-from vllm_landmark import LandmarkConfig, engine_kwargs
+from vllm_landmark import DOCUMENT_MARKER, LandmarkConfig, engine_kwargs
 from vllm_landmark.compression.baseline import mean_pool_groups
 from vllm_landmark.compression.factors import choose_factor, num_soft_tokens
+from vllm_landmark.document.marker import filler_token_id
 
 WINDOW = 512
 BUDGET = 128
@@ -28,7 +29,8 @@ def llm(tiny_model: Path) -> Iterator[object]:
         dtype="float32",
         max_model_len=WINDOW,
         enforce_eager=True,
-        **engine_kwargs(LandmarkConfig(budget=BUDGET)),
+        # The untrained mean baseline, by name: what these tests check is the soft-prompt path.
+        **engine_kwargs(LandmarkConfig(budget=BUDGET, embedder="mean-baseline")),
     )
     yield engine
     del engine
@@ -36,7 +38,8 @@ def llm(tiny_model: Path) -> Iterator[object]:
 
 
 def placeholder_id(tokenizer) -> int:
-    return tokenizer.convert_tokens_to_ids("<|landmark_document|>")
+    """The id at soft-token positions (absent from these prompts' text)."""
+    return filler_token_id(tokenizer)
 
 
 def greedy(max_tokens: int = 24):
@@ -86,7 +89,7 @@ def test_document_four_times_the_window_is_served_at_the_budget(llm) -> None:
     injected = output.prompt_token_ids.count(placeholder_id(tokenizer))
     assert num_tokens > 3 * WINDOW
     assert injected == num_soft_tokens(num_tokens, factor) <= BUDGET
-    # The placeholder itself replaced one text token: the rest of the prompt is the text.
+    # Documents take no token of their own: the rest of the prompt is the text.
     assert len(output.prompt_token_ids) == len(text_only.prompt_token_ids) + injected
 
 
@@ -150,22 +153,27 @@ def test_explicit_plan_matches_a_transformers_reference(llm, tiny_model: Path) -
 
 def test_bad_documents_raise_clear_errors_and_engine_keeps_working(llm) -> None:
     with pytest.raises(ValueError, match="empty"):
-        llm.generate({"prompt": "<|landmark_document|>", "multi_modal_data": {"document": "  "}})
+        llm.generate({"prompt": DOCUMENT_MARKER, "multi_modal_data": {"document": "  "}})
     with pytest.raises(ValueError, match="factor=3 is not allowed"):
         llm.generate(
             {
-                "prompt": "<|landmark_document|>",
+                "prompt": DOCUMENT_MARKER,
                 "multi_modal_data": {"document": {"text": "a", "factor": 3}},
             }
         )
+    with pytest.raises(ValueError, match="0 document marker"):
+        llm.generate({"prompt": "no marker", "multi_modal_data": {"document": "the keeper."}})
+    with pytest.raises(ValueError, match="token-id prompts cannot carry documents"):
+        llm.generate({"prompt_token_ids": [5, 6], "multi_modal_data": {"document": "a b"}})
     tokenizer = llm.get_tokenizer()
+    # 40x the budget is more than the strongest factor holds: the middle is left out.
     too_long = make_document(tokenizer, 40 * BUDGET, seed=8)
-    with pytest.raises(ValueError, match="over the budget of 128"):
-        llm.generate(
-            {"prompt": "<|landmark_document|>", "multi_modal_data": {"document": too_long}}
-        )
+    served = llm.generate(
+        {"prompt": DOCUMENT_MARKER, "multi_modal_data": {"document": too_long}}, greedy(2)
+    )[0]
+    assert served.prompt_token_ids.count(placeholder_id(tokenizer)) <= BUDGET
     ok = llm.generate(
-        {"prompt": "x <|landmark_document|>", "multi_modal_data": {"document": "the keeper."}},
+        {"prompt": f"x {DOCUMENT_MARKER}", "multi_modal_data": {"document": "the keeper."}},
         greedy(2),
     )
     assert len(ok[0].outputs[0].token_ids) == 2

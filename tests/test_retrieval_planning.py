@@ -32,7 +32,8 @@ def retriever(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_model: Path, retriever: Path, tmp_path_factory) -> Iterator[ServerProcess]:
     args = ["--max-model-len", "512", "--landmark-budget", str(BUDGET), "--enforce-eager"]
-    args += ["--landmark-retriever", str(retriever)]
+    # The mean baseline by name: the plan then uses every factor, as the planner here does.
+    args += ["--landmark-retriever", str(retriever), "--landmark-embedder", "mean-baseline"]
     with ServerProcess(tiny_model, args, log_dir=tmp_path_factory.mktemp("retrieval-server")) as s:
         yield s
 

@@ -132,16 +132,8 @@ def build_tiny_llama(
 
     `architecture` picks the decoder family (llama, qwen2 or mistral); all share the tokenizer.
     """
-    import torch
-    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    config_class, model_class = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-    }[architecture]
 
     folder.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE(unk_token=None))
@@ -164,6 +156,32 @@ def build_tiny_llama(
     tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.save_pretrained(folder)
 
+    return save_tiny_decoder(
+        folder,
+        tokenizer,
+        seed=seed,
+        max_position_embeddings=max_position_embeddings,
+        architecture=architecture,
+    )
+
+
+def save_tiny_decoder(
+    folder: Path,
+    tokenizer,
+    *,
+    seed: int = 0,
+    max_position_embeddings: int = 2048,
+    architecture: str = "llama",
+) -> Path:
+    """Random weights of a 2-layer decoder for `tokenizer`'s vocabulary, saved into `folder`."""
+    import torch
+    import transformers
+
+    config_class, model_class = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[architecture]
     config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=64,

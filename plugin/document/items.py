@@ -115,4 +115,11 @@ def check_document_text(text: Any, config: LandmarkConfig) -> str:
         )
     if "\x00" in text:
         raise DocumentError("the document contains NUL characters: binary data is not text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DocumentError(
+            f"the document is not valid Unicode text: a lone surrogate "
+            f"(U+{ord(text[exc.start]):04X}) at character {exc.start}"
+        ) from exc
     return text

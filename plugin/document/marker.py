@@ -70,15 +70,18 @@ class SegmentTokenizer:
     tokenizer: Any
     boundary: str | None
     boundary_id: int | None
+    special_texts: frozenset[str] = frozenset()
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any) -> SegmentTokenizer:
-        for text in _special_token_candidates(tokenizer):
+        candidates = _special_token_candidates(tokenizer)
+        specials = frozenset(candidates) | _added_special_texts(tokenizer)
+        for text in candidates:
             ids = tokenizer.encode(text + "a", add_special_tokens=False)
             alone = tokenizer.encode(text, add_special_tokens=False)
             if len(alone) == 1 and ids[:1] == alone:
-                return cls(tokenizer, text, int(alone[0]))
-        return cls(tokenizer, None, None)
+                return cls(tokenizer, text, int(alone[0]), specials)
+        return cls(tokenizer, None, None, specials)
 
     def encode_after_document(self, text: str) -> list[int]:
         if not text:
@@ -122,16 +125,25 @@ def _special_token_candidates(tokenizer: Any) -> list[str]:
     return seen
 
 
+def _added_special_texts(tokenizer: Any) -> frozenset[str]:
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return frozenset(
+        token.content for token in decoder.values() if getattr(token, "special", False)
+    )
+
+
 def filler_token_id(tokenizer: Any) -> int:
     """The id that fills a document's soft-token positions in the prompt.
 
     The model replaces these positions' embeddings, so the id only shows in echoed prompts
-    and in prompt-based penalties; a token the model is unlikely to want to write is best:
-    the UNK or PAD token when there is one, else the BOS token if it differs from EOS, else 0.
+    and in prompt-based penalties; it should not be the end-of-sequence token (a repetition
+    penalty would then discourage ending). The UNK or PAD token when there is one, else the
+    BOS token if it differs from EOS, else the first id that is no special token.
     """
     eos = getattr(tokenizer, "eos_token_id", None)
     for name in ("unk_token_id", "pad_token_id", "bos_token_id"):
         value = getattr(tokenizer, name, None)
         if isinstance(value, int) and value != eos:
             return value
-    return 0
+    specials = set(getattr(tokenizer, "all_special_ids", []) or [])
+    return next(i for i in range(len(tokenizer)) if i not in specials)

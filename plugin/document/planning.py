@@ -304,6 +304,21 @@ class DocumentPlanner:
             planned.append(document.planned)
         return planned
 
+    def can_paste(self, document: ParsedDocument) -> bool:
+        """Whether a planned document is read whole at k=1 and can go into the prompt as text.
+
+        Text holding a special-token string of the tokenizer is never pasted: there it would
+        read as a control token; as the document's own tokens it reads as plain text.
+        """
+        planned = document.planned
+        return (
+            planned is not None
+            and document.text is not None
+            and planned.selection == "whole"
+            and planned.plan.as_triples() == [(0, document.num_tokens, 1)]
+            and not any(special in document.text for special in self.segments.special_texts)
+        )
+
     def _given_plan(self, document: ParsedDocument) -> tuple[Plan, str, str]:
         if document.factor is not None:
             return uniform_plan(document.num_tokens, document.factor), "factor", "uniform"
