@@ -20,6 +20,7 @@ from typing import Any
 from vllm_landmark.config import HF_CONFIG_KEY
 from vllm_landmark.document import MODALITY
 from vllm_landmark.document.items import DocumentError
+from vllm_landmark.server.metrics import metrics, record_documents
 
 from .targets import Target, check_targets
 
@@ -149,6 +150,7 @@ def _wrap_render_chat_online(original: Any) -> Any:
                 planner = _planner(self.renderer)
                 request.messages = await prepare_messages_async(planner, request.messages)
         except DocumentError as exc:
+            metrics().refuse("invalid_document")
             raise _validation_error(str(exc)) from exc
         return await original(self, request, *args, **kwargs)
 
@@ -161,11 +163,24 @@ def _wrap_create_chat_completion(original: Any) -> Any:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
 
         from vllm_landmark.server.chat_documents import landmark_block, parsed_documents
+        from vllm_landmark.server.files_api import has_file_ids, resolve_file_ids
 
+        raw_request = args[0] if args else kwargs.get("raw_request")
+        if (
+            raw_request is not None
+            and _landmark_enabled(self.model_config)
+            and has_file_ids(request.messages)
+        ):
+            try:  # the caller's stored files (its API key decides which it may read)
+                request.messages = resolve_file_ids(request.messages, raw_request)
+            except DocumentError as exc:
+                metrics().refuse("file_not_found")
+                return self.create_error_response(_validation_error(str(exc)))
         result = await original(self, request, *args, **kwargs)
         documents = parsed_documents(request.messages)
         if not documents:
             return result
+        record_documents(documents)
         processor = self.renderer.get_mm_processor()
         block = landmark_block(documents, processor.info.embedder.name)
         if isinstance(result, ChatCompletionResponse):

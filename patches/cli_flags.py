@@ -79,6 +79,27 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "Tokens kept free for the answer when a request gives no max_tokens (default 256, at "
         "most a quarter of --max-model-len).",
     ),
+    (
+        "--landmark-file-store",
+        "file_store",
+        "path",
+        "Folder where the Files API (/v1/files) keeps uploads so they survive a restart "
+        "(created if missing). Default: in memory only.",
+    ),
+    (
+        "--landmark-file-store-bytes",
+        "file_store_bytes",
+        "positive_int",
+        "Most bytes of uploaded text the Files API store holds, all keys together (default "
+        "256 MiB); an upload that does not fit is refused with a 413.",
+    ),
+    (
+        "--landmark-max-file-bytes",
+        "max_file_bytes",
+        "positive_int",
+        "Largest upload the Files API reads (bytes, default 16 MiB); chat request bodies may "
+        "be 4/3 of it (base64) plus 1 MiB. Larger bodies are refused before they are read.",
+    ),
 )
 
 
@@ -125,6 +146,10 @@ def _folder(value: str) -> str:
     return value
 
 
+def _path(value: str) -> str:
+    return str(Path(value).expanduser())
+
+
 def _embedder(value: str) -> str:
     from vllm_landmark.config import AUTO_EMBEDDER, MEAN_BASELINE
 
@@ -143,6 +168,7 @@ _TYPES = {
     "factor": _factor,
     "factors": _factors,
     "folder": _folder,
+    "path": _path,
     "embedder": _embedder,
     "retriever": _retriever,
 }

@@ -52,6 +52,10 @@ class LandmarkConfig:
     max_document_tokens: hard limit on one document's length in LLM tokens.
     max_document_chars: hard limit on one document's length in characters, checked before
         tokenizing so oversized input costs nothing.
+    file_store: folder where the Files API keeps uploaded files (text + metadata) so they
+        survive a restart. None: files live in memory only.
+    file_store_bytes: the most bytes of file text the Files API store holds (all keys).
+    max_file_bytes: the largest upload (and chat request body) the server reads, in bytes.
     """
 
     budget: int | None = None
@@ -62,6 +66,9 @@ class LandmarkConfig:
     max_document_tokens: int = 1 << 20
     max_document_chars: int = 8 << 20
     output_reserve: int = 256
+    file_store: str | None = None
+    file_store_bytes: int = 256 << 20
+    max_file_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "factors", tuple(sorted(set(int(k) for k in self.factors))))
@@ -91,6 +98,11 @@ class LandmarkConfig:
         if self.max_document_chars < 1:
             raise LandmarkConfigError(
                 f"max_document_chars={self.max_document_chars} must be positive"
+            )
+        if self.file_store_bytes < 1 or self.max_file_bytes < 1:
+            raise LandmarkConfigError(
+                f"file_store_bytes={self.file_store_bytes} and max_file_bytes="
+                f"{self.max_file_bytes} must be positive"
             )
         if (
             self.embedder not in (MEAN_BASELINE, AUTO_EMBEDDER)

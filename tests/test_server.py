@@ -173,7 +173,7 @@ def _bad_requests(tokenizer) -> list[tuple[str, list | str, dict, str]]:
             "file_id",
             [{"type": "file", "file": {"file_id": "file-123"}}, text],
             {},
-            "file_id is not supported",
+            "no file with id",
         ),
         (
             "unknown part type",

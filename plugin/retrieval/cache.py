@@ -167,3 +167,11 @@ class EncodingCache(Generic[V]):
         with self._lock:
             self._data.clear()
             self._bytes = 0
+
+    def discard(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Drop every entry whose key matches ``predicate``; returns how many were dropped."""
+        with self._lock:
+            keys = [key for key in self._data if predicate(key)]
+            for key in keys:
+                self._bytes -= int(self._data.pop(key).nbytes)
+        return len(keys)

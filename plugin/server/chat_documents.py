@@ -9,6 +9,8 @@ known. Requests without documents pass through untouched.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,6 +18,7 @@ from ..document.items import DocumentError
 from ..document.marker import new_marker
 from ..document.planning import DocumentPlanner, ParsedDocument
 from .file_parts import DOCUMENT_PART_TYPES, document_from_part
+from .metrics import metrics
 
 #: Content-part type that carries a ParsedDocument through vLLM's chat parsing.
 INTERNAL_PART = "landmark_document"
@@ -99,8 +102,22 @@ def _message_texts(messages: list[Any]) -> list[str]:
     return texts
 
 
-def _parse_all(planner: DocumentPlanner, messages: list[Any]) -> list[Any]:
-    """Messages with document parts replaced by internal parts (runs off the event loop)."""
+class PlanningCancelled(Exception):
+    """The request went away while its documents were being read; the work was stopped."""
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise PlanningCancelled
+
+
+def _parse_all(
+    planner: DocumentPlanner, messages: list[Any], cancel: threading.Event | None = None
+) -> list[Any]:
+    """Messages with document parts replaced by internal parts (runs off the event loop).
+
+    `cancel` is checked before each document and each retrieval: once set, the work stops.
+    """
     query = last_user_text(messages)
     parsed: list[ParsedDocument] = []
     out = []
@@ -112,6 +129,7 @@ def _parse_all(planner: DocumentPlanner, messages: list[Any]) -> list[Any]:
         parts = []
         for part in content:
             if isinstance(part, dict) and part.get("type") in DOCUMENT_PART_TYPES:
+                _check(cancel)
                 item = document_from_part(part, planner.config)
                 document = planner.parse(item, new_marker(), query)
                 parsed.append(document)
@@ -123,7 +141,10 @@ def _parse_all(planner: DocumentPlanner, messages: list[Any]) -> list[Any]:
     text_tokens += _TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
     if planner.may_need_scores(parsed, text_tokens):
         for document in parsed:
+            _check(cancel)
+            started = time.perf_counter()
             planner.add_scores(document)
+            metrics().retrieval_seconds.observe(time.perf_counter() - started)
     return out
 
 
@@ -135,11 +156,22 @@ def prepare_messages(planner: DocumentPlanner, messages: list[Any]) -> list[Any]
 
 
 async def prepare_messages_async(planner: DocumentPlanner, messages: list[Any]) -> list[Any]:
-    """`prepare_messages` on the document executor."""
+    """`prepare_messages` on the document executor; cancelling the caller stops the work."""
     if not has_document_parts(messages):
         return messages
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_document_executor, _parse_all, planner, messages)
+    cancel = threading.Event()
+    started = time.perf_counter()
+    try:
+        out = await loop.run_in_executor(_document_executor, _parse_all, planner, messages, cancel)
+    except asyncio.CancelledError:
+        cancel.set()  # a queued task is dropped by asyncio, a running one stops at its next check
+        metrics().cancelled.inc()
+        raise
+    meter = metrics()
+    meter.plan_seconds.observe(time.perf_counter() - started)
+    meter.documents.inc(len(parsed_documents(out)))
+    return out
 
 
 def parsed_documents(messages: list[Any]) -> list[ParsedDocument]:

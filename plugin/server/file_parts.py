@@ -39,7 +39,10 @@ def decode_file_part(file: Any, config: LandmarkConfig) -> str:
     if not isinstance(file, dict):
         raise DocumentError("a 'file' part needs a 'file' object with 'file_data'")
     if file.get("file_id") is not None and file.get("file_data") is None:
-        raise DocumentError("file_id is not supported (no file store); send the text in file_data")
+        raise DocumentError(
+            "file_id is not supported without the Files API (`landmark serve` enables it; with "
+            "`vllm serve`, set VLLM_PLUGINS=landmark); or send the text in file_data"
+        )
     data = file.get("file_data")
     if not isinstance(data, str) or not data:
         raise DocumentError("a 'file' part needs 'file_data' (a base64 data URL of text)")
