@@ -139,8 +139,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     answer = output.outputs[0].text.strip()
     tokenizer = llm.get_tokenizer()
     raw_tokens = len(tokenizer.encode(document, add_special_tokens=False))
-    # The prompt without the document part: what is left is the document's soft tokens.
-    text_only = [{**messages[0], "content": messages[0]["content"][1:]}]
+    # The prompt without the document (parts are joined with "\n"): the rest is the document.
+    text_only = [{"role": "user", "content": "\n" + messages[0]["content"][1]["text"]}]
     text_ids = tokenizer.apply_chat_template(text_only, tokenize=True, add_generation_prompt=True)
     if isinstance(text_ids, dict):
         text_ids = text_ids["input_ids"]

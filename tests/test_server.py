@@ -233,10 +233,10 @@ def test_bad_input_gets_a_400_naming_the_problem_and_server_keeps_serving(
 
 
 def test_a_lone_surrogate_gets_a_clear_400(tiny_server, model_name) -> None:
-    # Valid JSON (an escape), not valid Unicode text; the openai client cannot even send it.
-    part = '{"type": "document", "document": {"text": "a \\ud800 b"}}'
-    body = json.dumps({"model": model_name, "max_tokens": 2, "messages": []})
-    body = body.replace('"messages": []', f'"messages": [{{"role": "user", "content": [{part}]}}]')
+    # Valid JSON (an escape) but not valid Unicode text; the openai client cannot even send it.
+    body = json.dumps({"model": model_name, "max_tokens": 2, "messages": [], "documents": []})
+    body = body.replace('"messages": []', '"messages": [{"role": "user", "content": "why?"}]')
+    body = body.replace('"documents": []', '"documents": [{"text": "a \\ud800 b"}]')
     response = httpx.post(
         f"{tiny_server.base_url}/chat/completions",
         content=body,
@@ -245,6 +245,7 @@ def test_a_lone_surrogate_gets_a_clear_400(tiny_server, model_name) -> None:
     )
     assert response.status_code == 400, response.text
     assert "not valid Unicode text: a lone surrogate (U+D800) at character 2" in response.text
+    assert "TextEncodeInput" not in response.text
 
 
 def test_bad_and_good_requests_concurrently_lose_nothing(client, model_name, tokenizer) -> None:

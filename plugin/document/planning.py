@@ -33,7 +33,7 @@ from ..compression.planner import Plan, PlanError, PlannedSpan, plan_spans, unif
 from ..config import LandmarkConfig
 from .items import DocumentError
 from .marker import SegmentTokenizer
-from .tokens import encode_document
+from .tokens import DocumentTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,7 @@ class DocumentPlanner:
         served = (1, *embedder.factors)
         self.factors = tuple(k for k in config.factors if k in served) or (1,)
         self.segments = SegmentTokenizer.for_tokenizer(tokenizer)
+        self.document_tokens = DocumentTokenizer(tokenizer)
 
     # -- parsing -------------------------------------------------------------------------
 
@@ -179,7 +180,7 @@ class DocumentPlanner:
         token_ids = (
             tuple(item["token_ids"])
             if "token_ids" in item
-            else encode_document(self.tokenizer, item["text"])
+            else self.document_tokens.encode(item["text"])
         )
         if not token_ids:
             raise DocumentError("the document is empty (it has no tokens)")

@@ -7,29 +7,35 @@ from collections import OrderedDict
 from threading import Lock
 from typing import Any
 
-_CACHE_SIZE = 64
-_cache: OrderedDict[tuple[int, str], tuple[int, ...]] = OrderedDict()
-_lock = Lock()
 
-
-def encode_document(tokenizer: Any, text: str) -> tuple[int, ...]:
-    """Token ids of a document's text, without BOS/EOS.
+class DocumentTokenizer:
+    """A document's LLM token ids (no BOS/EOS), with an LRU cache by content.
 
     Special-token strings inside the document are tokenized as plain text, so a document
-    cannot smuggle control tokens (end of turn, role headers) into the prompt.
+    cannot smuggle control tokens (end of turn, role headers) into the prompt. One instance
+    per tokenizer (the planner owns it): a follow-up question about the same document reuses
+    its tokens.
     """
-    key = (id(tokenizer), hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    try:
-        ids = tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
-    except TypeError:  # tokenizers without that option
-        ids = tokenizer.encode(text, add_special_tokens=False)
-    result = tuple(int(t) for t in ids)
-    with _lock:
-        _cache[key] = result
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return result
+
+    def __init__(self, tokenizer: Any, cache_size: int = 64) -> None:
+        self.tokenizer = tokenizer
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._lock = Lock()
+
+    def encode(self, text: str) -> tuple[int, ...]:
+        key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        try:
+            ids = self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        except TypeError:  # tokenizers without that option
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        result = tuple(int(t) for t in ids)
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
