@@ -222,12 +222,18 @@ def _wrap_from_cli_args(original: Any) -> Any:
         from vllm_landmark.engine import LandmarkHfOverrides
 
         engine_args = original(cls, args)
+        if isinstance(engine_args.hf_overrides, LandmarkHfOverrides):
+            return engine_args  # folded already, by the process that parsed the flags
         config = landmark_config_from_args(args)
         if config is not None:
             existing = engine_args.hf_overrides
             if callable(existing):
                 raise ValueError("--landmark cannot be combined with a callable hf_overrides")
             engine_args.hf_overrides = LandmarkHfOverrides(config, dict(existing or {}))
+            # vLLM hands these args to the processes it spawns (one API server per data-parallel
+            # rank, --api-server-count); they build their engine args before any plugin loads,
+            # so the overrides must travel in the args themselves.
+            args.hf_overrides = engine_args.hf_overrides
         return engine_args
 
     return from_cli_args

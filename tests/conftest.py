@@ -25,6 +25,24 @@ TINY_MAX_DOC_TOKENS = 8000
 TINY_MAX_DOC_CHARS = 60000
 
 
+def tiny_server_args() -> list[str]:
+    """The flags of the session's tiny server (other servers reuse them to compare answers)."""
+    return [
+        "--max-model-len",
+        str(TINY_WINDOW),
+        "--landmark-budget",
+        str(TINY_BUDGET),
+        "--landmark-max-document-tokens",
+        str(TINY_MAX_DOC_TOKENS),
+        "--landmark-max-document-chars",
+        str(TINY_MAX_DOC_CHARS),
+        # Named explicitly (never a default): these tests check the k>1 soft-prompt path.
+        "--landmark-embedder",
+        "mean-baseline",
+        "--enforce-eager",
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
@@ -36,20 +54,7 @@ def tiny_server(
 ) -> Iterator[ServerProcess]:
     server = ServerProcess(
         model=tiny_model,
-        args=[
-            "--max-model-len",
-            str(TINY_WINDOW),
-            "--landmark-budget",
-            str(TINY_BUDGET),
-            "--landmark-max-document-tokens",
-            str(TINY_MAX_DOC_TOKENS),
-            "--landmark-max-document-chars",
-            str(TINY_MAX_DOC_CHARS),
-            # Named explicitly (never a default): these tests check the k>1 soft-prompt path.
-            "--landmark-embedder",
-            "mean-baseline",
-            "--enforce-eager",
-        ],
+        args=tiny_server_args(),
         log_dir=tmp_path_factory.mktemp("tiny-server"),
     )
     with server:

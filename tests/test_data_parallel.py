@@ -1,0 +1,75 @@
+"""Data parallel and several API servers: every process that parses requests has the plugin.
+
+vLLM spawns one API server per data-parallel rank (or per `--api-server-count`); each builds
+its engine arguments from the parsed flags before any plugin loads, so the plugin's settings
+must travel inside those arguments. Through the real server: a document request is answered,
+and its greedy answer equals the single-engine server's (`tiny_server`, same flags).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from eval.server_process import ServerProcess
+from tests.conftest import tiny_server_args
+from tests.documents import make_document
+
+pytestmark = pytest.mark.server
+QUESTION = "what did the keeper write in the record?"
+
+
+@pytest.fixture(
+    scope="module",
+    params=[["--data-parallel-size", "2"], ["--api-server-count", "2"]],
+    ids=["dp2", "api2"],
+)
+def parallel_server(request, tiny_server, tiny_model, tmp_path_factory) -> Iterator[ServerProcess]:
+    # `tiny_server` first: it must start without the binding below. One core per engine: the CPU build binds each data-parallel rank's threads.
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"
+    try:
+        server = ServerProcess(
+            tiny_model,
+            args=[*tiny_server_args(), *request.param],
+            log_dir=tmp_path_factory.mktemp("parallel-server"),
+            startup_timeout=420.0,
+        )
+        with server:
+            yield server
+    finally:
+        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+
+
+def answer(server: ServerProcess, model: str, document: str) -> tuple[str, dict]:
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    response = client.chat.completions.create(
+        model=model,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "document": {"text": document}},
+                    {"type": "text", "text": QUESTION},
+                ],
+            }
+        ],
+        temperature=0.0,
+        max_tokens=12,
+        extra_body={"ignore_eos": True},
+    )
+    return response.choices[0].message.content, response.model_extra["landmark"]
+
+
+def test_documents_are_answered_as_on_one_engine(parallel_server, tiny_server, tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    for seed, size in [(31, 60), (32, 2000)]:  # read whole; planned into the budget at k>1
+        document = make_document(tokenizer, size, seed=seed)
+        expected = answer(tiny_server, str(tiny_model), document)
+        # Several requests, so both engines (or both API servers) take some.
+        for _ in range(3):
+            assert answer(parallel_server, str(tiny_model), document) == expected
