@@ -50,6 +50,20 @@ def _as_int_list(value: Any) -> list[int]:
     return [int(torch.as_tensor(v).reshape(-1)[0]) for v in value]
 
 
+def check_serving_options(model_config: Any) -> None:
+    """Refuse, at start-up, vLLM options with which documents cannot be marked in prompts."""
+    if getattr(model_config, "enable_prompt_embeds", False):
+        raise ValueError(
+            "--landmark cannot be combined with --enable-prompt-embeds: with it vLLM renders "
+            "chat prompts straight to token ids, where documents cannot be placed; drop one"
+        )
+    if str(getattr(model_config, "tokenizer_mode", "auto")) == "mistral":
+        raise ValueError(
+            "--landmark needs a Hugging Face tokenizer to place documents in prompts; start "
+            "without --tokenizer-mode mistral (the model's tokenizer.json works)"
+        )
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     DocumentMultiModalProcessor,
     info=DocumentProcessingInfo,
@@ -74,6 +88,7 @@ class LandmarkForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
                 "instead of editing config.json"
             )
         self.landmark_config = config_from_hf(hf_config)
+        check_serving_options(vllm_config.model_config)
         self.model_name = vllm_config.model_config.model
         self.embedder_choice = resolve_embedder(self.landmark_config.embedder, self.model_name)
         fixed = self.landmark_config.factor

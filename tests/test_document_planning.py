@@ -143,3 +143,15 @@ def test_given_factors_and_plans_are_kept_and_checked(tiny_model) -> None:
         for m in (10, 10, 400)
     }
     assert len(keys) == 2  # the cache key follows the plan, not the request
+
+
+def test_options_that_cannot_place_documents_are_refused_at_start_up() -> None:
+    from types import SimpleNamespace
+
+    from vllm_landmark.modeling import check_serving_options
+
+    check_serving_options(SimpleNamespace(enable_prompt_embeds=False, tokenizer_mode="auto"))
+    with pytest.raises(ValueError, match="cannot be combined with --enable-prompt-embeds"):
+        check_serving_options(SimpleNamespace(enable_prompt_embeds=True, tokenizer_mode="auto"))
+    with pytest.raises(ValueError, match="without --tokenizer-mode mistral"):
+        check_serving_options(SimpleNamespace(enable_prompt_embeds=False, tokenizer_mode="mistral"))
