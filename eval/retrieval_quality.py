@@ -147,9 +147,13 @@ def evaluate(
     langs: list[str],
     max_queries: int | None,
     batch_size: int,
+    quantize: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics per model, language, setting and mode; the folders must share one encoder."""
-    encoders = {name: M3Encoder(folder, batch_size=batch_size) for name, folder in folders.items()}
+    encoders = {
+        name: M3Encoder(folder, batch_size=batch_size, quantize=quantize)
+        for name, folder in folders.items()
+    }
     shared = SharedForward(next(iter(encoders.values())).model)
     for enc in encoders.values():
         enc.model = shared  # type: ignore[assignment]
@@ -293,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--quantize", choices=("int8",), help="evaluate the encoder in this faster mode"
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -311,7 +318,9 @@ def main(argv: list[str] | None = None) -> None:
         for spec in args.variant:
             name, _, heads = spec.partition("=")
             folders[name] = variant_folder(after, Path(heads).expanduser(), Path(tmp), name)
-        results = evaluate(folders, data, langs, args.max_queries, args.batch_size)
+        results = evaluate(
+            folders, data, langs, args.max_queries, args.batch_size, quantize=args.quantize
+        )
         report: dict[str, Any] = {
             name: {"languages": results[name], "mean": macro(results[name], langs)}
             for name in ("before", "after")
@@ -334,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     out = {
         "command": " ".join(["python -m eval.retrieval_quality", *(argv or sys.argv[1:])]),
         "model": str(after),
+        "quantize": args.quantize,
         "models": {
             "before": "the default encoder + recipes.m3's initial heads (nn.Linear init, seed 0)",
             "after": "the default retriever as shipped (heads from plugin/data/retriever_heads)",

@@ -121,6 +121,7 @@ class M3Encoder:
         batch_size: int = 16,
         max_batch_tokens: int = 8192,
         attn_implementation: str = "sdpa",
+        quantize: str | None = None,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -197,6 +198,17 @@ class M3Encoder:
             limit = min(limit, tok_limit)
         #: The most tokens (special tokens included) the encoder takes in one text.
         self.max_length: int = int(limit)
+
+        #: ``None`` (float, exact) or ``"int8"`` (:mod:`.quantize`, CPU only, faster).
+        self.quantize: str | None = quantize
+        if quantize is not None:
+            from .quantize import QUANTIZE_MODES, quantize_int8
+
+            if quantize not in QUANTIZE_MODES:
+                raise ValueError(f"quantize={quantize!r}; choose one of {QUANTIZE_MODES}")
+            if self.device.type != "cpu" or dtype != torch.float32:
+                raise ValueError("int8 quantization runs on the CPU from float32 weights")
+            self.model = quantize_int8(self.model)
 
     @property
     def has_sparse(self) -> bool:

@@ -204,7 +204,9 @@ class SpanRanker:
         self.overlap = overlap
         self.window = window
         self.max_chars = max_chars
-        self.fingerprint = model_fingerprint(encoder.path, encoder.dtype, str(encoder.device))
+        self.fingerprint = model_fingerprint(
+            encoder.path, encoder.dtype, str(encoder.device), getattr(encoder, "quantize", None)
+        )
 
     def document_encoding(self, document: str) -> tuple[DocumentEncoding, bool]:
         """The document's encoding and whether it came from the cache."""

@@ -1,0 +1,134 @@
+"""Retriever pass over one long document: tokens/s of each encoder mode, and whether rankings move.
+
+    nice -n 10 python -m eval.bench_retriever [--document-tokens 7600] [--runs 3]
+
+The document is ``eval.bench_ttft``'s (the bundled demo document repeated to about 7,600
+SmolLM2 tokens); the retriever is the default one (multilingual-e5-small + trained heads).
+Modes, timed alternately (so a load change on a shared machine hits all alike), median of
+``--runs``:
+
+* ``float32``: the exact path (FlagEmbedding's arithmetic), windows overlapping by a quarter;
+* ``int8``: :mod:`vllm_landmark.retrieval.quantize` (what the server uses on the CPU);
+* ``int8, overlap 1/8``: int8 with half the window overlap (fewer windows).
+
+Each mode is timed on :func:`~vllm_landmark.retrieval.encoding.encode_document` (the pass
+over the document) and on a whole first question (``score_all_spans``, no cache). Rankings:
+for a few questions, the overlap of the 10 best sentences with float32's and whether the best
+sentence is the same. Writes ``eval/results/bench_retriever.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+QUESTIONS = (
+    "Who designed the rotary snow plough known as the Badger?",
+    "When did the railway open?",
+    "What powered the locomotives?",
+    "Why was the line closed?",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--document-tokens", type=int, default=7600)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("eval/results/bench_retriever.json"))
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from eval.bench_ttft import window_document
+    from vllm_landmark.default_models import prepare_default_llm, prepare_default_retriever
+    from vllm_landmark.retrieval.encoding import encode_document
+    from vllm_landmark.retrieval.m3 import M3Encoder
+    from vllm_landmark.retrieval.spans import SpanRanker
+
+    document = window_document(
+        AutoTokenizer.from_pretrained(str(prepare_default_llm())), args.document_tokens
+    )
+    folder = str(prepare_default_retriever())
+    fp32 = M3Encoder(folder)
+    int8 = M3Encoder(folder, quantize="int8")
+    modes: dict[str, tuple[M3Encoder, int | None]] = {
+        "float32": (fp32, None),
+        "int8": (int8, None),
+        "int8, overlap 1/8": (int8, (fp32.max_length - 3) // 8),
+    }
+    encode_s: dict[str, list[float]] = {m: [] for m in modes}
+    question_s: dict[str, list[float]] = {m: [] for m in modes}
+    num_tokens = 0
+    windows: dict[str, int] = {}
+    for _ in range(args.runs):
+        for name, (encoder, overlap) in modes.items():
+            started = time.perf_counter()
+            encoding = encode_document(encoder, document, overlap=overlap)
+            encode_s[name].append(time.perf_counter() - started)
+            num_tokens = encoding.num_tokens
+            windows[name] = len(encoding.windows)
+            ranker = SpanRanker(encoder, overlap=overlap)
+            started = time.perf_counter()
+            ranker.score_all_spans(document, QUESTIONS[0])
+            question_s[name].append(time.perf_counter() - started)
+
+    scores: dict[str, list[np.ndarray]] = {}
+    for name, (encoder, overlap) in modes.items():
+        ranker = SpanRanker(encoder, overlap=overlap)
+        scores[name] = [ranker.score_all_spans(document, q).score for q in QUESTIONS]
+    rankings: dict[str, Any] = {}
+    for name in modes:
+        top10, same_best = [], []
+        for mine, ref in zip(scores[name], scores["float32"], strict=True):
+            top10.append(len(set(np.argsort(-mine)[:10]) & set(np.argsort(-ref)[:10])))
+            same_best.append(bool(np.argmax(mine) == np.argmax(ref)))
+        rankings[name] = {"top10_overlap": top10, "same_best_sentence": same_best}
+
+    base = statistics.median(encode_s["float32"])
+    results = {
+        name: {
+            "document_encode_s": round(statistics.median(encode_s[name]), 3),
+            "document_encode_runs_s": [round(s, 3) for s in encode_s[name]],
+            "tokens_per_s": round(num_tokens / statistics.median(encode_s[name]), 1),
+            "speedup": round(base / statistics.median(encode_s[name]), 2),
+            "first_question_s": round(statistics.median(question_s[name]), 3),
+            "windows": windows[name],
+            **rankings[name],
+        }
+        for name in modes
+    }
+    load = os.getloadavg()
+    out = {
+        "command": "python -m eval.bench_retriever",
+        "document_retriever_tokens": num_tokens,
+        "questions": list(QUESTIONS),
+        "runs": args.runs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch threads "
+        f"{torch.get_num_threads()}",
+        "load_average_after": [round(x, 2) for x in load],
+        "modes": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    for name, row in results.items():
+        print(
+            f"{name:>18}: {row['document_encode_s']:6.2f} s  {row['tokens_per_s']:7.1f} tok/s  "
+            f"x{row['speedup']:.2f}  first question {row['first_question_s']:.2f} s  "
+            f"top-10 overlap {row['top10_overlap']}  same best {row['same_best_sentence']}"
+        )
+    print(f"load average {load}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
