@@ -33,6 +33,7 @@ python -m eval.suite.generate --out ~/.cache/vllm-landmark/eval/suite-2k-8k \\
 python -m eval.suite.run --suite ~/.cache/vllm-landmark/eval/suite-2k-8k \\
     --full-lengths 2048,4096 --budgets 512,1024 --retrieval-budgets 1024
 python -m eval.bench_serving
+python -m eval.bench_load          # plain requests beside document requests
 python -m eval.report
 # LongBench itself (data.zip unpacked to DATA, LongBench's config/ folder at CONFIG)
 python -m eval.longbench.pred --data-dir DATA --config-dir CONFIG --base-url URL \\
@@ -343,6 +344,41 @@ def overhead_section(data: dict[str, Any]) -> str:
     )
 
 
+def load_section(data: dict[str, Any], name: str) -> str:
+    """Markdown for bench_load*.json (plain requests under document load)."""
+    out = [
+        f"## Mixed load: plain requests beside document requests (`{name}`)",
+        "",
+        f"{data.get('n')} document + {data.get('n')} plain requests, {data.get('cpus')} vCPU, "
+        f"budget {data.get('budget')}, retriever {data.get('retriever')}, window "
+        f"{data.get('window')}, {data.get('max_tokens')} tokens decoded per request (ignore_eos)"
+        + (f", server flags {' '.join(data['server_args'])}" if data.get("server_args") else "")
+        + ".",
+        *[f"{note}." for note in data.get("notes", [])],
+        "",
+        "| phase | kind | lost | TTFT p50 (s) | TTFT p99 (s) | e2e p50 (s) | e2e p99 (s) "
+        "| /health worst (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for phase, result in data.get("phases", {}).items():
+        for kind in ("plain", "document"):
+            row = result.get(kind)
+            if row is None:
+                continue
+            out.append(
+                f"| {phase} | {kind} | {row['lost']} | {_fmt(row['ttft_p50_s'])} | "
+                f"{_fmt(row['ttft_p99_s'])} | {_fmt(row['e2e_p50_s'])} | "
+                f"{_fmt(row['e2e_p99_s'])} | {_fmt(result.get('health_max_s'))} |"
+            )
+    out += [
+        "",
+        "Plain-request p50 under document load / alone: "
+        f"{_fmt(data.get('plain_p50_loaded_over_alone'))}. See `python -m eval.bench_load`.",
+        "",
+    ]
+    return "\n".join(out)
+
+
 def build(results: Path) -> str:
     """The whole page."""
     parts = [HEADER]
@@ -361,6 +397,10 @@ def build(results: Path) -> str:
     overhead = results / "bench_overhead.json"
     if overhead.is_file():
         parts.append(overhead_section(json.loads(overhead.read_text())))
+    for path in sorted(results.glob("bench_load*.json")):
+        data = json.loads(path.read_text())
+        if data.get("kind") == "load":
+            parts.append(load_section(data, path.name))
     parts.append(HOW_TO)
     return "\n".join(parts)
 

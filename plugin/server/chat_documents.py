@@ -9,6 +9,7 @@ known. Requests without documents pass through untouched.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +24,33 @@ from .metrics import metrics
 #: Content-part type that carries a ParsedDocument through vLLM's chat parsing.
 INTERNAL_PART = "landmark_document"
 
-#: Tokenizing and retrieving documents runs here, never on the event loop or on the
-#: renderer's tokenizer pool that requests without documents need.
+#: Tokenizing documents runs here, never on the event loop or on the renderer's tokenizer
+#: pool that requests without documents need.
 _document_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="landmark-documents")
+
+
+def _limit_retrieval_threads() -> None:
+    """Leave a CPU engine in another process at least half the cores.
+
+    Measured on 2 vCPU (eval/RESULTS.md, "Mixed load"): two retrievals with torch's default
+    threads starved the engine, and plain requests sent meanwhile took 9-35 s instead of 1.5 s.
+    One retrieval at a time on half the cores served plain requests at once and the documents
+    no later. torch's thread count is set in the retrieval thread itself.
+    """
+    from vllm import envs
+
+    if not envs.VLLM_ENABLE_V1_MULTIPROCESSING:
+        return  # the engine runs in this process: leave its threads alone
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores // 2)))
+
+
+#: Retrieval (the encoder forward over whole documents) runs here, one document at a time.
+_retrieval_executor = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="landmark-retrieval", initializer=_limit_retrieval_threads
+)
 
 #: Template tokens allowed per message when estimating a prompt's text length.
 _TEMPLATE_TOKENS_PER_MESSAGE = 8
@@ -111,12 +136,13 @@ def _check(cancel: threading.Event | None) -> None:
         raise PlanningCancelled
 
 
-def _parse_all(
+def _parse_parts(
     planner: DocumentPlanner, messages: list[Any], cancel: threading.Event | None = None
-) -> list[Any]:
-    """Messages with document parts replaced by internal parts (runs off the event loop).
+) -> tuple[list[Any], list[ParsedDocument], bool]:
+    """Messages with document parts replaced by internal parts, the parsed documents, and
+    whether retrieval scores may be needed (runs off the event loop).
 
-    `cancel` is checked before each document and each retrieval: once set, the work stops.
+    `cancel` is checked before each document: once set, the work stops.
     """
     query = last_user_text(messages)
     parsed: list[ParsedDocument] = []
@@ -139,12 +165,25 @@ def _parse_all(
     texts = _message_texts(messages)
     text_tokens = sum(len(planner.tokenizer.encode(t, add_special_tokens=False)) for t in texts)
     text_tokens += _TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
-    if planner.may_need_scores(parsed, text_tokens):
-        for document in parsed:
-            _check(cancel)
-            started = time.perf_counter()
-            planner.add_scores(document)
-            metrics().retrieval_seconds.observe(time.perf_counter() - started)
+    return out, parsed, planner.may_need_scores(parsed, text_tokens)
+
+
+def _add_scores(
+    planner: DocumentPlanner, parsed: list[ParsedDocument], cancel: threading.Event | None = None
+) -> None:
+    """The retriever's scores for each document; `cancel` is checked before each one."""
+    for document in parsed:
+        _check(cancel)
+        started = time.perf_counter()
+        planner.add_scores(document)
+        metrics().retrieval_seconds.observe(time.perf_counter() - started)
+
+
+def _parse_all(planner: DocumentPlanner, messages: list[Any]) -> list[Any]:
+    """Messages with document parts replaced by internal parts, scored when needed."""
+    out, parsed, need_scores = _parse_parts(planner, messages)
+    if need_scores:
+        _add_scores(planner, parsed)
     return out
 
 
@@ -163,14 +202,18 @@ async def prepare_messages_async(planner: DocumentPlanner, messages: list[Any]) 
     cancel = threading.Event()
     started = time.perf_counter()
     try:
-        out = await loop.run_in_executor(_document_executor, _parse_all, planner, messages, cancel)
+        out, parsed, need_scores = await loop.run_in_executor(
+            _document_executor, _parse_parts, planner, messages, cancel
+        )
+        if need_scores:
+            await loop.run_in_executor(_retrieval_executor, _add_scores, planner, parsed, cancel)
     except asyncio.CancelledError:
         cancel.set()  # a queued task is dropped by asyncio, a running one stops at its next check
         metrics().cancelled.inc()
         raise
     meter = metrics()
     meter.plan_seconds.observe(time.perf_counter() - started)
-    meter.documents.inc(len(parsed_documents(out)))
+    meter.documents.inc(len(parsed))
     return out
 
 
