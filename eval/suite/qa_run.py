@@ -228,18 +228,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         answers = [answer_token_ids(tokenizer, item["question"], item["answer"]) for item in items]
         pairs = list(zip(items, inputs[arm], strict=True))
-        scored = [conversation(given, item, item["answer"]) for item, given in pairs]
-        score_out = llm.chat(
-            scored,
-            score_params,
-            use_tqdm=False,
-            add_generation_prompt=False,
-            continue_final_message=True,
-        )
-        gen_out = None
-        if args.max_tokens:
-            generated = [conversation(given, item) for item, given in pairs]
-            gen_out = llm.chat(generated, gen_params, use_tqdm=False)
+        score_out: list[Any] = []
+        gen_out: list[Any] | None = [] if args.max_tokens else None
+        # Small chunks, each scored then answered: the answer prompt is a prefix of the scored
+        # one, so its blocks are still in vLLM's prefix cache.
+        for first in range(0, len(pairs), args.chunk):
+            chunk = pairs[first : first + args.chunk]
+            score_out += llm.chat(
+                [conversation(given, item, item["answer"]) for item, given in chunk],
+                score_params,
+                use_tqdm=False,
+                add_generation_prompt=False,
+                continue_final_message=True,
+            )
+            if gen_out is not None:
+                gen_out += llm.chat(
+                    [conversation(given, item) for item, given in chunk],
+                    gen_params,
+                    use_tqdm=False,
+                )
         rows = []
         for i, (item, given) in enumerate(zip(items, inputs[arm], strict=True)):
             row: dict[str, Any] = {
@@ -285,20 +292,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m eval.suite.qa_run", description=__doc__)
-    parser.add_argument("--items", type=Path, required=True, help="eval.suite.qa output")
+    parser.add_argument("--items", type=Path, help="eval.suite.qa output")
     parser.add_argument("--split", choices=("dev", "test"), default="dev")
     parser.add_argument("--arms", default="truncate,bm25,m3,oracle,fragments,win-t128")
     parser.add_argument("--budget", type=int, default=1024, help="context tokens per arm")
     parser.add_argument("--raw-share", type=float, default=0.75, help="k=1 share, win arms")
     parser.add_argument("--limit", type=int, help="items (languages interleaved)")
     parser.add_argument("--max-tokens", type=int, default=16, help="greedy answer; 0: none")
+    parser.add_argument("--chunk", type=int, default=8, help="requests per engine call")
     parser.add_argument("--compare-to", default="truncate", help="reference arms for diffs")
     parser.add_argument("--model", help="LLM folder (default: the prepared SmolLM2)")
     parser.add_argument("--retriever", default="default", help="M3 folder or 'default'")
     parser.add_argument("--window", type=int, default=4096, help="engine max_model_len")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--note", action="append", default=[], help="a line for the report")
+    parser.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="recompute --out's summary (e.g. other --compare-to arms) from its records",
+    )
     args = parser.parse_args(argv)
+    if args.summarize_only:
+        report = json.loads(args.out.read_text(encoding="utf-8"))
+        compare_to = [a for a in args.compare_to.split(",") if a]
+        report["summary"] = summarize(report["records"], compare_to)
+        report["notes"] = [*report.get("notes", []), *args.note]
+        text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"
+        args.out.write_text(text, encoding="utf-8")
+        print(markdown(report))
+        return 0
+    if args.items is None:
+        parser.error("--items is required")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
