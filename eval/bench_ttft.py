@@ -78,6 +78,17 @@ def embedder_cost_per_1k(model: str, config, tokenizer, document: str, runs: int
     return statistics.median(times) * 1000 / len(ids)
 
 
+def retriever_mode(config) -> dict | None:
+    """Where and how the planner's retriever runs (device, quantization)."""
+    if not config.retriever:
+        return None
+    from vllm_landmark.retrieval.service import retriever_device, retriever_quantize
+
+    device = retriever_device()
+    folder = str(config.with_default_models().retriever)
+    return {"device": device, "quantize": retriever_quantize(folder, device)}
+
+
 def timed(llm, messages, params) -> float:
     started = time.perf_counter()
     llm.chat(messages, params, use_tqdm=False)
@@ -158,6 +169,8 @@ def main() -> None:
         "model": "SmolLM2-135M-Instruct, offline engine, eager, prefix caching on (each timed "
         "run starts with its own line, so none reuses another's prefix)",
         "retriever": config.retriever,
+        "retriever_mode": retriever_mode(config),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "document_tokens": doc_tokens,
         "budget": args.budget,
         "embedder": args.embedder,

@@ -148,6 +148,7 @@ def evaluate(
     max_queries: int | None,
     batch_size: int,
     quantize: str | None = None,
+    max_passages: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics per model, language, setting and mode; the folders must share one encoder."""
     encoders = {
@@ -163,6 +164,11 @@ def evaluate(
     for lang in langs:
         lang_passages = [p for p in passages if p["lang"] == lang]
         lang_queries = [q for q in queries if q["lang"] == lang][:max_queries]
+        if max_passages is not None:  # the queries' own documents, then others up to the cap
+            own = {q["doc"] for q in lang_queries}
+            mine = [p for p in lang_passages if p["doc"] in own]
+            others = [p for p in lang_passages if p["doc"] not in own]
+            lang_passages = mine + others[: max(0, max_passages - len(mine))]
         if not lang_queries:
             continue
         for name, enc in encoders.items():
@@ -293,6 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, help="'after' folder (default: default retriever)")
     parser.add_argument("--langs", default="en,de,zh,fr,es,ru,ja,it")
     parser.add_argument("--max-queries", type=int, help="per language (default: all)")
+    parser.add_argument(
+        "--max-passages",
+        type=int,
+        help="per language: the queries' own documents, then others up to this many (a quicker "
+        "corpus; default: all)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -319,7 +331,13 @@ def main(argv: list[str] | None = None) -> None:
             name, _, heads = spec.partition("=")
             folders[name] = variant_folder(after, Path(heads).expanduser(), Path(tmp), name)
         results = evaluate(
-            folders, data, langs, args.max_queries, args.batch_size, quantize=args.quantize
+            folders,
+            data,
+            langs,
+            args.max_queries,
+            args.batch_size,
+            quantize=args.quantize,
+            max_passages=args.max_passages,
         )
         report: dict[str, Any] = {
             name: {"languages": results[name], "mean": macro(results[name], langs)}
