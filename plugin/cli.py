@@ -15,6 +15,10 @@ import os
 import sys
 import time
 from importlib import resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .proxy import ProxyConfig
 
 
 def _cpu_defaults(in_process: bool = False) -> None:
@@ -160,11 +164,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_proxy(args: argparse.Namespace) -> int:
-    from .proxy import ProxyConfig, run_proxy
+def proxy_config(args: argparse.Namespace) -> ProxyConfig:
+    """The proxy's configuration from `landmark proxy` arguments and the environment."""
+    from .proxy import ProxyConfig
 
+    if args.budget < 1:
+        raise SystemExit(f"--budget must be positive, got {args.budget}")
     api_key = args.upstream_api_key or os.environ.get(args.upstream_api_key_env) or None
-    config = ProxyConfig(
+    return ProxyConfig(
         upstream=args.upstream,
         tokenizer=args.upstream_tokenizer,
         model=args.upstream_model,
@@ -173,7 +180,12 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         window_tokens=args.window_tokens,
         retriever=None if args.retriever == "none" else args.retriever,
     )
-    run_proxy(config, host=args.host, port=args.port)
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from .proxy import run_proxy
+
+    run_proxy(proxy_config(args), host=args.host, port=args.port)
     return 0
 
 

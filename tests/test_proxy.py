@@ -422,3 +422,26 @@ def test_spans_route_counts_upstream_tokens(
         assert 0 <= span["llm_start_token"] < span["llm_end_token"]
     bad = httpx.post(url, json={**body, "question": " "}, timeout=60)
     assert bad.status_code == 400 and "question is empty" in bad.json()["error"]["message"]
+
+
+def test_cli_builds_the_proxy_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm_landmark.cli import build_parser, proxy_config
+
+    argv = ["proxy", "--upstream", "http://h:1/v1", "--upstream-tokenizer", "tiktoken:o200k_base"]
+    monkeypatch.setenv("LANDMARK_UPSTREAM_API_KEY", "sk-test")
+    config = proxy_config(build_parser().parse_args([*argv, "--budget", "900"]))
+    assert (config.upstream, config.tokenizer, config.api_key) == (
+        "http://h:1/v1",
+        "tiktoken:o200k_base",
+        "sk-test",
+    )
+    assert (config.budget, config.retriever, config.model) == (900, "default", None)
+    args = build_parser().parse_args(
+        [*argv, "--upstream-api-key", "sk-flag", "--retriever", "none", "--upstream-model", "m"]
+    )
+    config = proxy_config(args)
+    assert (config.api_key, config.retriever, config.model) == ("sk-flag", None, "m")
+    monkeypatch.delenv("LANDMARK_UPSTREAM_API_KEY")
+    assert proxy_config(build_parser().parse_args(argv)).api_key is None
+    with pytest.raises(SystemExit):
+        proxy_config(build_parser().parse_args([*argv, "--budget", "0"]))
