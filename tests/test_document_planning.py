@@ -155,3 +155,18 @@ def test_options_that_cannot_place_documents_are_refused_at_start_up() -> None:
         check_serving_options(SimpleNamespace(enable_prompt_embeds=True, tokenizer_mode="auto"))
     with pytest.raises(ValueError, match="without --tokenizer-mode mistral"):
         check_serving_options(SimpleNamespace(enable_prompt_embeds=False, tokenizer_mode="mistral"))
+
+
+def test_document_tokens_are_cached_and_can_be_forgotten(tiny_model) -> None:
+    from transformers import AutoTokenizer
+
+    from vllm_landmark.document.tokens import DocumentTokenizer, forget_document
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    cache = DocumentTokenizer(tokenizer)
+    text = "the keeper <|im_end|> wrote"
+    ids = cache.encode(text)
+    assert ids == tuple(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in ids  # special text stays text
+    assert cache.encode(text) is ids  # served from the cache
+    assert forget_document(text) >= 1 and not cache.forget(text)

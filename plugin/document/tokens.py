@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections import OrderedDict
 from threading import Lock
 from typing import Any
+
+#: Every live DocumentTokenizer, so a deleted file can be dropped from all of their caches.
+_instances: weakref.WeakSet[DocumentTokenizer] = weakref.WeakSet()
 
 
 class DocumentTokenizer:
@@ -22,9 +26,19 @@ class DocumentTokenizer:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._lock = Lock()
+        _instances.add(self)
+
+    @staticmethod
+    def _key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def forget(self, text: str) -> bool:
+        """Drop the cached tokens of `text`; True if they were cached."""
+        with self._lock:
+            return self._cache.pop(self._key(text), None) is not None
 
     def encode(self, text: str) -> tuple[int, ...]:
-        key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        key = self._key(text)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -39,3 +53,8 @@ class DocumentTokenizer:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return result
+
+
+def forget_document(text: str) -> int:
+    """Drop `text` from every document-token cache of this process (a file was deleted)."""
+    return sum(tokenizer.forget(text) for tokenizer in list(_instances))

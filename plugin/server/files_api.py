@@ -74,7 +74,10 @@ class FilesService:
         return owner_of(token if scheme.lower() == "bearer" else None)
 
     def forget_caches(self, text: str) -> None:
-        """Drop cached retriever encodings of a deleted file's text."""
+        """Drop a deleted file's text from the caches: its LLM tokens and retriever encodings."""
+        from ..document.tokens import forget_document
+
+        forget_document(text)
         if not self.config.retriever:
             return
         from ..retrieval.cache import content_hash
