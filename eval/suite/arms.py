@@ -50,6 +50,29 @@ _ARM = re.compile(r"^win-(?P<kind>[tp])(?P<size>\d+)(?P<drop>-drop)?$")
 _BM25_TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
 
+def import_bm25s():
+    """`bm25s` on its numpy backend, without importing numba.
+
+    numba's llvmlite objects in `sys.modules` break vLLM 0.32's kernel scan (`_rebind_kernels`:
+    "'_lib_fn_wrapper' object has no attribute 'get'") when an engine starts later in the same
+    process, as in the suite runner and the test session. The numpy backend gives the same
+    scores.
+    """
+    import sys
+
+    if "bm25s" in sys.modules:
+        return sys.modules["bm25s"]
+    block = "numba" not in sys.modules
+    if block:
+        sys.modules["numba"] = None  # type: ignore[assignment]  # `import numba` now fails
+    try:
+        import bm25s
+    finally:
+        if block:
+            del sys.modules["numba"]
+    return bm25s
+
+
 class Bm25Retriever:
     """BM25 (the ``bm25s`` library) over windows of ``window`` consecutive sentences.
 
@@ -64,7 +87,7 @@ class Bm25Retriever:
 
     def rank(self, document: str, query: str) -> list[RetrievedSpan]:
         """Every candidate span with its BM25 score against ``query``."""
-        import bm25s
+        bm25s = import_bm25s()
 
         sentences = sentence_bounds(document)
         if not sentences:
