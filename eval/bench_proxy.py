@@ -163,6 +163,9 @@ def main() -> None:
     out = {
         "command": "python -m eval.bench_proxy",
         "budget": args.budget,
+        "retriever": "default, float32"
+        if not os.environ.get("LANDMARK_RETRIEVER_QUANTIZE")
+        else f"default, {os.environ['LANDMARK_RETRIEVER_QUANTIZE']}",
         "whole_document_direct_s": round(whole_s, 3),
         "first_question": rows[0],
         "cached_questions_median": {

@@ -4,12 +4,13 @@
 
 The document is ``eval.bench_ttft``'s (the bundled demo document repeated to about 7,600
 SmolLM2 tokens); the retriever is the default one (multilingual-e5-small + trained heads).
-Modes, timed alternately (so a load change on a shared machine hits all alike), median of
-``--runs``:
+Modes, timed alternately (so a load change on a shared machine hits all alike); the fastest
+of ``--runs`` counts (the run least slowed by other work; the median is kept too):
 
 * ``float32``: the exact path (FlagEmbedding's arithmetic), windows overlapping by a quarter;
 * ``int8``: :mod:`vllm_landmark.retrieval.quantize` (what the server uses on the CPU);
-* ``int8, overlap 1/8``: int8 with half the window overlap (fewer windows).
+* ``int8, overlap 1/8``: int8 with half the window overlap (fewer windows);
+* ``int8, every linear layer``: the feed-forward outputs quantized too (not used: less exact).
 
 Each mode is timed on :func:`~vllm_landmark.retrieval.encoding.encode_document` (the pass
 over the document) and on a whole first question (``score_all_spans``, no cache). Rankings:
@@ -21,6 +22,7 @@ sentence is the same (compared by text: the document repeats itself). Writes
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -67,6 +69,7 @@ def main() -> None:
     from vllm_landmark.default_models import prepare_default_llm, prepare_default_retriever
     from vllm_landmark.retrieval.encoding import encode_document
     from vllm_landmark.retrieval.m3 import M3Encoder
+    from vllm_landmark.retrieval.quantize import quantize_int8
     from vllm_landmark.retrieval.spans import SpanRanker
 
     document = window_document(
@@ -75,10 +78,14 @@ def main() -> None:
     folder = str(prepare_default_retriever())
     fp32 = M3Encoder(folder)
     int8 = M3Encoder(folder, quantize="int8")
+    every = copy.copy(fp32)  # for comparison: the feed-forward outputs quantized too
+    every.model = quantize_int8(copy.deepcopy(fp32.model), keep=lambda name: False)
+    every.quantize = "int8-every-linear"
     modes: dict[str, tuple[M3Encoder, int | None]] = {
         "float32": (fp32, None),
         "int8": (int8, None),
         "int8, overlap 1/8": (int8, (fp32.max_length - 3) // 8),
+        "int8, every linear layer": (every, None),
     }
     encode_s: dict[str, list[float]] = {m: [] for m in modes}
     question_s: dict[str, list[float]] = {m: [] for m in modes}
@@ -112,13 +119,15 @@ def main() -> None:
             same_best.append(mine[0] == ref[0])
         rankings[name] = {"top10_overlap": top10, "same_best_sentence": same_best}
 
-    base = statistics.median(encode_s["float32"])
+    # The fastest run: on a shared machine, the one least slowed by other work.
+    base = min(encode_s["float32"])
     results = {
         name: {
-            "document_encode_s": round(statistics.median(encode_s[name]), 3),
+            "document_encode_s": round(min(encode_s[name]), 3),
+            "document_encode_median_s": round(statistics.median(encode_s[name]), 3),
             "document_encode_runs_s": [round(s, 3) for s in encode_s[name]],
-            "tokens_per_s": round(num_tokens / statistics.median(encode_s[name]), 1),
-            "speedup": round(base / statistics.median(encode_s[name]), 2),
+            "tokens_per_s": round(num_tokens / min(encode_s[name]), 1),
+            "speedup": round(base / min(encode_s[name]), 2),
             "first_question_s": round(statistics.median(question_s[name]), 3),
             "windows": windows[name],
             **rankings[name],

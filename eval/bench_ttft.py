@@ -85,8 +85,7 @@ def retriever_mode(config) -> dict | None:
     from vllm_landmark.retrieval.service import retriever_device, retriever_quantize
 
     device = retriever_device()
-    folder = str(config.with_default_models().retriever)
-    return {"device": device, "quantize": retriever_quantize(folder, device)}
+    return {"device": device, "quantize": retriever_quantize(device)}
 
 
 def timed(llm, messages, params) -> float:

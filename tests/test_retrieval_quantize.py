@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from tests.m3_reference.tiny_m3 import build_tiny_m3
-from vllm_landmark.default_models.retriever import default_retriever_dir
 from vllm_landmark.retrieval.m3 import M3Encoder
 from vllm_landmark.retrieval.quantize import keeps_float
 from vllm_landmark.retrieval.service import QUANTIZE_ENV, retriever_quantize
@@ -66,15 +65,14 @@ def test_cache_keys_differ_between_modes(folder: Path) -> None:
     assert exact.fingerprint != fast.fingerprint
 
 
-def test_service_choice(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_service_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(QUANTIZE_ENV, raising=False)
-    assert retriever_quantize(str(default_retriever_dir()), "cpu") == "int8"
-    assert retriever_quantize(str(default_retriever_dir()), "cuda") is None
-    assert retriever_quantize(str(folder), "cpu") is None  # e.g. BGE-M3: exact float32
+    assert retriever_quantize("cpu") is None  # float32 unless asked: rankings stay exact
     monkeypatch.setenv(QUANTIZE_ENV, "none")
-    assert retriever_quantize(str(default_retriever_dir()), "cpu") is None
+    assert retriever_quantize("cpu") is None
     monkeypatch.setenv(QUANTIZE_ENV, "int8")
-    assert retriever_quantize(str(folder), "cpu") == "int8"
+    assert retriever_quantize("cpu") == "int8"
+    assert retriever_quantize("cuda") is None
     monkeypatch.setenv(QUANTIZE_ENV, "fp4")
     with pytest.raises(ValueError, match=QUANTIZE_ENV):
-        retriever_quantize(str(folder), "cpu")
+        retriever_quantize("cpu")
