@@ -12,6 +12,15 @@ from typing import Any
 _instances: weakref.WeakSet[DocumentTokenizer] = weakref.WeakSet()
 
 
+def encode_document(tokenizer: Any, text: str) -> tuple[int, ...]:
+    """A document's LLM token ids: no BOS/EOS, special-token strings read as plain text."""
+    try:
+        ids = tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+    except TypeError:  # tokenizers without that option
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    return tuple(int(t) for t in ids)
+
+
 class DocumentTokenizer:
     """A document's LLM token ids (no BOS/EOS), with an LRU cache by content.
 
@@ -43,11 +52,7 @@ class DocumentTokenizer:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        try:
-            ids = self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
-        except TypeError:  # tokenizers without that option
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
-        result = tuple(int(t) for t in ids)
+        result = encode_document(self.tokenizer, text)
         with self._lock:
             self._cache[key] = result
             while len(self._cache) > self.cache_size:
