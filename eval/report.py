@@ -379,6 +379,112 @@ def load_section(data: dict[str, Any], name: str) -> str:
     return "\n".join(out)
 
 
+def _load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def retriever_speed_section(results: Path) -> str | None:
+    """Markdown for the retriever's speed, its rankings and the proxy (issue 14 files)."""
+    bench = _load(results, "bench_retriever.json")
+    exact = _load(results, "retrieval_quality_float32_check.json")
+    fast = _load(results, "retrieval_quality_int8_check.json")
+    ttft = {m: _load(results, f"bench_ttft_retriever_{m}.json") for m in ("float32", "int8")}
+    proxy = _load(results, "bench_proxy.json")
+    if not any([bench, exact and fast, *ttft.values(), proxy]):
+        return None
+    out = ["## Retriever speed, its rankings, and the proxy", ""]
+    if bench:
+        out += [
+            f"`python -m eval.bench_retriever` (`bench_retriever.json`): the default retriever's "
+            f"pass over a {bench['document_retriever_tokens']}-token document (retriever "
+            f"tokens), the fastest of {bench['runs']} alternating runs; {bench['machine']}; load "
+            f"average after: {bench['load_average_after']} (a shared, loaded machine).",
+            "",
+            _table(
+                ["mode", "windows", "encode (s)", "tokens/s", "speedup", "first question (s)",
+                 "top-10 overlap with float32", "same best sentence"],
+                [
+                    [name, r["windows"], _fmt(r["document_encode_s"]), _fmt(r["tokens_per_s"], 0),
+                     f"x{_fmt(r['speedup'])}", _fmt(r["first_question_s"]),
+                     ", ".join(map(str, r["top10_overlap"])),
+                     ", ".join("yes" if x else "no" for x in r["same_best_sentence"])]
+                    for name, r in bench["modes"].items()
+                ],
+            ),
+            "",
+        ]  # fmt: skip
+    if exact and fast:
+        rows = []
+        for setting in ("corpus", "document"):
+            for mode, value in exact["after"]["mean"][setting].items():
+                quick = fast["after"]["mean"][setting][mode]["ndcg@10"]
+                worst = max(
+                    abs(
+                        fast["after"]["languages"][lang][setting][mode]["ndcg@10"]
+                        - exact["after"]["languages"][lang][setting][mode]["ndcg@10"]
+                    )
+                    for lang in exact["after"]["languages"]
+                )
+                rows.append(
+                    [setting, mode, _fmt(value["ndcg@10"], 4), _fmt(quick, 4),
+                     _fmt(quick - value["ndcg@10"], 4), _fmt(worst, 4)]
+                )  # fmt: skip
+        out += [
+            "`python -m eval.retrieval_quality` in float32 and with `--quantize int8` on the same "
+            f"held-out queries and passages (`{exact['command']}` and the same with `--quantize "
+            "int8`: `retrieval_quality_float32_check.json`, `retrieval_quality_int8_check.json`; "
+            "trained heads): nDCG@10, mean over languages, and the largest per-language change.",
+            "",
+            _table(
+                ["candidates", "mode", "float32", "int8", "change", "largest per-language change"],
+                rows,
+            ),
+            "",
+        ]
+    if any(ttft.values()):
+        rows = [
+            [m, _fmt(d["median_ttft_s"]["plain_text"]), _fmt(d["median_ttft_s"]["plugin"]),
+             f"x{_fmt(d['speedup'], 1)}", d.get("load_average_after")]
+            for m, d in ttft.items() if d
+        ]  # fmt: skip
+        doc = next(d for d in ttft.values() if d)
+        out += [
+            f"`python -m eval.bench_ttft --retriever default` ({doc['document_tokens']}-token "
+            f"document, budget {doc['budget']}, embedder {doc['embedder']}), with the retriever "
+            "in float32 (the default) and int8 (`LANDMARK_RETRIEVER_QUANTIZE=int8`, opt-in):",
+            "",
+            _table(
+                ["retriever", "plain TTFT (s)", "plugin TTFT (s)", "speedup", "load after"], rows
+            ),
+            "",
+        ]
+    if proxy:
+        first, cached = proxy["first_question"], proxy["cached_questions_median"]
+        out += [
+            f"`python -m eval.bench_proxy` (`bench_proxy.json`): `landmark proxy` (budget "
+            f"{proxy['budget']}, retriever {proxy.get('retriever', 'default')}) in front of a "
+            "plain vLLM (SmolLM2-135M, prefix caching off) vs "
+            "the same selected text sent to it directly; time to the first token "
+            f"(`max_tokens=1`). The whole {first['raw_tokens']}-token document sent directly: "
+            f"{_fmt(proxy['whole_document_direct_s'])} s. Load average after: "
+            f"{proxy['load_average_after']}.",
+            "",
+            _table(
+                ["question", "proxy (s)", "direct (s)", "overhead (s)", "of which selection (s)"],
+                [
+                    ["first (document encoded)", _fmt(first["proxy_s"]), _fmt(first["direct_s"]),
+                     _fmt(first["overhead_s"]), _fmt(first["select_s"])],
+                    ["next ones (cached encoding, median)", _fmt(cached["proxy_s"]),
+                     _fmt(cached["direct_s"]), _fmt(cached["overhead_s"]),
+                     _fmt(cached["select_s"])],
+                ],
+            ),
+            "",
+        ]  # fmt: skip
+    return "\n".join(out)
+
+
 def build(results: Path) -> str:
     """The whole page."""
     parts = [HEADER]
@@ -401,6 +507,9 @@ def build(results: Path) -> str:
         data = json.loads(path.read_text())
         if data.get("kind") == "load":
             parts.append(load_section(data, path.name))
+    speed = retriever_speed_section(results)
+    if speed:
+        parts.append(speed)
     parts.append(HOW_TO)
     return "\n".join(parts)
 
