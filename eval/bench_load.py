@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import openai
 
-    from eval.server_process import ServerProcess
+    from vllm_landmark.testing.server_process import ServerProcess
 
     server = None
     base_url = args.base_url

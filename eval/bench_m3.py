@@ -156,7 +156,7 @@ def build_bge_m3_shape(folder: Path) -> Path:
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from tests.m3_reference.tiny_m3 import build_tokenizer
+    from vllm_landmark.testing.tiny_m3 import build_tokenizer
 
     tmp = folder.with_name(folder.name + ".partial")
     build_tokenizer(tmp)
@@ -189,7 +189,7 @@ def make_document(tokenizer, n_tokens: int, seed: int) -> str:
     """Generated multilingual text of exactly ``n_tokens`` tokens (special tokens included)."""
     import random
 
-    from tests.m3_reference.tiny_m3 import generate_text
+    from vllm_landmark.testing.tiny_m3 import generate_text
 
     rng = random.Random(seed)
     text = ""

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import openai
 
-from eval.server_process import ServerProcess
-from tests.tiny_llm import build_tiny_llama
+from vllm_landmark.testing.server_process import ServerProcess
+from vllm_landmark.testing.tiny_llm import build_tiny_llama
 
 PROMPT = "Write a short note about the lighthouse keeper and the winter storm."
 COMMON_ARGS = ["--max-model-len", "1024", "--enforce-eager"]

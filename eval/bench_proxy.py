@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from eval.server_process import ServerProcess, free_port
+from vllm_landmark.testing.server_process import ServerProcess, free_port
 
 QUESTIONS = (
     "Who designed the rotary snow plough known as the Badger?",

@@ -97,7 +97,7 @@ def make_documents(tokenizer: Any, length: int, count: int, seed: int) -> list[s
         if corpus is not None:
             docs.append(render(build_haystack(corpus, rng, length, counter, "en")))
         else:  # no Debian docs: deterministic filler text
-            from tests.documents import make_document
+            from vllm_landmark.testing.documents import make_document
 
             docs.append(make_document(tokenizer, length, seed=rng.randint(0, 10**6)))
     return docs
@@ -256,8 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from eval.longbench.pred import load_tokenizer
-    from eval.server_process import ServerProcess
     from eval.suite.run import machine
+    from vllm_landmark.testing.server_process import ServerProcess
 
     host = machine()  # before the servers load the CPUs
     model = args.model

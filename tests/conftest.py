@@ -15,8 +15,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from eval.server_process import ServerProcess  # noqa: E402
-from tests.tiny_llm import build_tiny_llama  # noqa: E402
+from vllm_landmark.testing.server_process import ServerProcess  # noqa: E402
+from vllm_landmark.testing.tiny_llm import build_tiny_llama  # noqa: E402
 
 #: Settings of the session's tiny server; tests compute expectations from them.
 TINY_WINDOW = 512

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.documents import make_document
-from tests.tiny_llm import build_tiny_llama
 from vllm_landmark import LandmarkConfig, engine_kwargs
+from vllm_landmark.testing.documents import make_document
+from vllm_landmark.testing.tiny_llm import build_tiny_llama
 
 
 @pytest.mark.parametrize("architecture", ["qwen2", "mistral"])

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from eval.server_process import ServerProcess
 from tests.conftest import tiny_server_args
-from tests.documents import make_document
+from vllm_landmark.testing.documents import make_document
+from vllm_landmark.testing.server_process import ServerProcess
 
 pytestmark = pytest.mark.server
 QUESTION = "what did the keeper write in the record?"

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny_llm import build_tiny_llama
 from vllm_landmark.compression.baseline import mean_pool_groups
 from vllm_landmark.compression.embedder import (
     ADAPTER_WEIGHTS_NAME,
@@ -19,6 +18,7 @@ from vllm_landmark.compression.embedder import (
     base_model_identity,
     find_shipped_embedder,
 )
+from vllm_landmark.testing.tiny_llm import build_tiny_llama
 
 SPAN_LENGTHS = (7, 1, 40, 16)
 

@@ -18,8 +18,8 @@ from recipes.embedder.data import (
     qa_sample,
 )
 from recipes.embedder.train import CONFIG_DIR, TrainConfig, Trainer
-from tests.tiny_llm import _CORPUS_WORDS
 from vllm_landmark.compression.embedder import ExtensibleEmbedder
+from vllm_landmark.testing.tiny_llm import _CORPUS_WORDS
 
 WORDS = [w for w in _CORPUS_WORDS if w.isalpha()]
 

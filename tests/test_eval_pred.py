@@ -14,7 +14,7 @@ import pytest
 from eval.longbench import pred
 from eval.longbench.backends import Generation, GenerationRequest, ItemError
 from eval.longbench.data import MissingDataError, PredictionFile, load_items
-from tests.documents import WORDS
+from vllm_landmark.testing.documents import WORDS
 
 PROMPTS = {"qa": "Read.\n\n{context}\n\nQuestion: {input}\nAnswer:"}
 
@@ -219,7 +219,7 @@ def test_endpoint_failure_keeps_partial_results_and_resumes(
 
 
 def test_unreachable_endpoint_is_a_clear_error(tmp_path: Path, tiny_model: Path, capsys) -> None:
-    from eval.server_process import free_port
+    from vllm_landmark.testing.server_process import free_port
 
     data = write_dataset(tmp_path / "data", "qa", qa_items(1))
     argv = [

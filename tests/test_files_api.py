@@ -14,7 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eval.server_process import ServerProcess
+from vllm_landmark.testing.server_process import ServerProcess
 
 pytestmark = pytest.mark.server
 

@@ -15,19 +15,15 @@ import json
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from vllm_landmark.retrieval.m3 import M3Encoder
+from vllm_landmark.testing.tiny_m3 import WORDS, build_tiny_m3, generate_sentence
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from m3_reference.tiny_m3 import WORDS, build_tiny_m3, generate_sentence  # noqa: E402
-
-from vllm_landmark.retrieval.m3 import M3Encoder  # noqa: E402
 
 TOL = 1e-5
 REF_ENV = "LANDMARK_M3_REF_PYTHON"

@@ -6,29 +6,23 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from m3_reference.tiny_m3 import build_tiny_m3, generate_sentence  # noqa: E402
-
-from recipes.m3 import build_data  # noqa: E402
-from recipes.m3.config import M3TrainConfig  # noqa: E402
-from recipes.m3.data import length_grouped_batches, load_triples  # noqa: E402
-from recipes.m3.losses import colbert_scores, sparse_scores  # noqa: E402
-from recipes.m3.train import Trainer, main  # noqa: E402
-from vllm_landmark.retrieval.m3 import (  # noqa: E402
+from recipes.m3 import build_data
+from recipes.m3.config import M3TrainConfig
+from recipes.m3.data import length_grouped_batches, load_triples
+from recipes.m3.losses import colbert_scores, sparse_scores
+from recipes.m3.train import Trainer, main
+from vllm_landmark.retrieval.m3 import (
     M3Encoder,
     colbert_score,
     lexical_matching_score,
 )
+from vllm_landmark.testing.tiny_m3 import build_tiny_m3, generate_sentence
 
 LANGS = ["en", "de", "zh", "fr"]
 

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from m3_reference.tiny_m3 import build_tiny_m3  # noqa: E402
-
-from vllm_landmark.retrieval.m3 import (  # noqa: E402
+from vllm_landmark.retrieval.m3 import (
     DEFAULT_WEIGHTS,
     M3Encoder,
     MissingHeadError,
@@ -26,6 +19,7 @@ from vllm_landmark.retrieval.m3 import (  # noqa: E402
     hybrid_score,
     lexical_matching_score,
 )
+from vllm_landmark.testing.tiny_m3 import build_tiny_m3
 
 TEXTS = [
     "What is the capital of France?",

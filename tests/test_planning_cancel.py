@@ -10,13 +10,13 @@ import pytest
 from prometheus_client import REGISTRY
 from transformers import AutoTokenizer
 
-from tests.documents import make_document
-from tests.m3_reference.tiny_m3 import build_tiny_m3
 from vllm_landmark import LandmarkConfig
 from vllm_landmark.compression.choice import NO_EMBEDDER
 from vllm_landmark.document.planning import DocumentPlanner
 from vllm_landmark.server import chat_documents
 from vllm_landmark.server.metrics import metrics
+from vllm_landmark.testing.documents import make_document
+from vllm_landmark.testing.tiny_m3 import build_tiny_m3
 
 
 def _value(name: str) -> float:

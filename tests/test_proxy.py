@@ -23,8 +23,6 @@ import openai
 import pytest
 import tiktoken
 
-from eval.server_process import ServerProcess, free_port
-from tests.m3_reference.tiny_m3 import build_tiny_m3, generate_text
 from vllm_landmark.proxy import ProxyConfig, create_app, select_document
 from vllm_landmark.proxy.selection import SEPARATOR
 from vllm_landmark.proxy.tokenizers import (
@@ -34,6 +32,8 @@ from vllm_landmark.proxy.tokenizers import (
     read_rank_file,
 )
 from vllm_landmark.retrieval.service import get_span_ranker
+from vllm_landmark.testing.server_process import ServerProcess, free_port
+from vllm_landmark.testing.tiny_m3 import build_tiny_m3, generate_text
 
 pytestmark = pytest.mark.server
 

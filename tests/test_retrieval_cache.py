@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.m3_reference.tiny_m3 import build_tiny_m3, generate_text
 from vllm_landmark.retrieval.cache import EncodingCache, content_hash, model_fingerprint
 from vllm_landmark.retrieval.m3 import M3Encoder
 from vllm_landmark.retrieval.spans import SpanRanker, encode_document
+from vllm_landmark.testing.tiny_m3 import build_tiny_m3, generate_text
 
 
 @dataclass

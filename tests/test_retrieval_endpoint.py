@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eval.server_process import ServerProcess
-from tests.m3_reference.tiny_m3 import build_tiny_m3, generate_text
 from vllm_landmark.server.spans_endpoint import ROUTE
+from vllm_landmark.testing.server_process import ServerProcess
+from vllm_landmark.testing.tiny_m3 import build_tiny_m3, generate_text
 
 pytestmark = pytest.mark.server
 

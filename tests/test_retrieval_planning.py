@@ -15,10 +15,10 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from eval.server_process import ServerProcess
-from tests.documents import make_document
-from tests.m3_reference.tiny_m3 import build_tiny_m3
 from vllm_landmark.compression.planner import plan_spans
+from vllm_landmark.testing.documents import make_document
+from vllm_landmark.testing.server_process import ServerProcess
+from vllm_landmark.testing.tiny_m3 import build_tiny_m3
 
 BUDGET = 96
 QUESTION = "What did the keeper of the north lighthouse write in the record?"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.m3_reference.tiny_m3 import build_tiny_m3
 from vllm_landmark.retrieval.m3 import M3Encoder
 from vllm_landmark.retrieval.quantize import keeps_float
 from vllm_landmark.retrieval.service import QUANTIZE_ENV, retriever_quantize
 from vllm_landmark.retrieval.spans import SpanRanker
+from vllm_landmark.testing.tiny_m3 import build_tiny_m3
 
 TEXTS = [
     "The lighthouse keeper climbed the stairs every evening.",

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.m3_reference.tiny_m3 import generate_text
 from vllm_landmark.retrieval.segment import Segment, landmarks, segment
+from vllm_landmark.testing.tiny_m3 import generate_text
 
 
 def texts(text: str, **kwargs) -> list[str]:

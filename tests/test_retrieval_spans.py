@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.m3_reference.tiny_m3 import WORDS, build_tiny_m3, generate_text
 from vllm_landmark.document.tokens import encode_document as llm_encode_document
 from vllm_landmark.retrieval.encoding import special_affixes, window_owners
 from vllm_landmark.retrieval.m3 import M3Encoder, colbert_score, lexical_matching_score
@@ -24,6 +23,7 @@ from vllm_landmark.retrieval.spans import (
     encode_query,
     plan_windows,
 )
+from vllm_landmark.testing.tiny_m3 import WORDS, build_tiny_m3, generate_text
 
 QUERY = "Where does the river flow through the city?"
 

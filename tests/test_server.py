@@ -12,9 +12,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.conftest import TINY_BUDGET, TINY_MAX_DOC_CHARS, TINY_MAX_DOC_TOKENS, TINY_WINDOW
-from tests.documents import make_document
 from vllm_landmark import LandmarkConfig
 from vllm_landmark.compression.factors import choose_factor, num_soft_tokens
+from vllm_landmark.testing.documents import make_document
 
 QUESTION = "what did the keeper write in the record?"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from eval.server_process import ServerProcess
 from vllm_landmark import LandmarkConfig, engine_kwargs
+from vllm_landmark.testing.server_process import ServerProcess
 
 pytestmark = pytest.mark.smollm2
 

@@ -17,10 +17,10 @@ import openai
 import pytest
 import torch
 
-from eval.server_process import ServerProcess
-from tests.documents import make_document
-from tests.tokenizer_families import FAMILIES, build_family_model
 from vllm_landmark import DOCUMENT_MARKER
+from vllm_landmark.testing.documents import make_document
+from vllm_landmark.testing.server_process import ServerProcess
+from vllm_landmark.testing.tokenizer_families import FAMILIES, build_family_model
 
 pytestmark = pytest.mark.server
 WINDOW = 512

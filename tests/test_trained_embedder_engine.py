@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.documents import make_document
-from tests.tiny_llm import build_tiny_llama, greedy_with_soft_tokens
 from vllm_landmark import LandmarkConfig, engine_kwargs
 from vllm_landmark.document.marker import filler_token_id
+from vllm_landmark.testing.documents import make_document
+from vllm_landmark.testing.tiny_llm import build_tiny_llama, greedy_with_soft_tokens
 
 
 @pytest.fixture(scope="module")

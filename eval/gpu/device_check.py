@@ -98,8 +98,8 @@ def tiny_recipe(device: str, scratch: Path) -> dict:
     """tiny.json on a tiny random Llama on `device`: run, reload, same soft tokens."""
     from recipes.embedder.data import prepare
     from recipes.embedder.train import CONFIG_DIR, TrainConfig, Trainer
-    from tests.tiny_llm import _CORPUS_WORDS, build_tiny_llama
     from vllm_landmark.compression.embedder import ExtensibleEmbedder
+    from vllm_landmark.testing.tiny_llm import _CORPUS_WORDS, build_tiny_llama
 
     started = time.monotonic()
     model = build_tiny_llama(scratch / "tiny-llama")

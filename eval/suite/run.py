@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rescore:
         return rescore(args.out)
 
-    from eval.server_process import ServerProcess
+    from vllm_landmark.testing.server_process import ServerProcess
 
     host = machine()  # before the servers load the CPUs
     model = args.model

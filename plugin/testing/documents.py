@@ -55,7 +55,7 @@ WORDS = [
 
 
 def make_document(tokenizer: Any, num_tokens: int, seed: int = 0) -> str:
-    """Sentences of random words whose tokenization has exactly `num_tokens` tokens or just under."""
+    """Sentences of random words: exactly `num_tokens` LLM tokens, or just under."""
     rng = random.Random(seed)
     sentences: list[str] = []
     text = ""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.tiny_llm import _corpus, save_tiny_decoder
+from vllm_landmark.testing.tiny_llm import _corpus, save_tiny_decoder
 
 LLAMA2_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
