@@ -12,6 +12,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -127,6 +128,17 @@ def _message_texts(messages: list[Any]) -> list[str]:
     return texts
 
 
+def replace_parts(messages: list[Any], replace: Callable[[Any], Any]) -> list[Any]:
+    """A copy of `messages` with every content part of list contents passed through `replace`."""
+    out = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            message = {**message, "content": [replace(part) for part in content]}
+        out.append(message)
+    return out
+
+
 class PlanningCancelled(Exception):
     """The request went away while its documents were being read; the work was stopped."""
 
@@ -146,22 +158,16 @@ def _parse_parts(
     """
     query = last_user_text(messages)
     parsed: list[ParsedDocument] = []
-    out = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
-            out.append(message)
-            continue
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") in DOCUMENT_PART_TYPES:
-                _check(cancel)
-                item = document_from_part(part, planner.config)
-                document = planner.parse(item, new_marker(), query)
-                parsed.append(document)
-                part = {"type": INTERNAL_PART, INTERNAL_PART: document}
-            parts.append(part)
-        out.append({**message, "content": parts})
+
+    def parse(part: Any) -> Any:
+        if not (isinstance(part, dict) and part.get("type") in DOCUMENT_PART_TYPES):
+            return part
+        _check(cancel)
+        document = planner.parse(document_from_part(part, planner.config), new_marker(), query)
+        parsed.append(document)
+        return {"type": INTERNAL_PART, INTERNAL_PART: document}
+
+    out = replace_parts(messages, parse)
     texts = _message_texts(messages)
     text_tokens = sum(len(planner.tokenizer.encode(t, add_special_tokens=False)) for t in texts)
     text_tokens += _TEMPLATE_TOKENS_PER_MESSAGE * len(messages)

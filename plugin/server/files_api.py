@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import LandmarkConfig
 from ..document.items import DocumentError, check_document_text
+from .chat_documents import replace_parts
 from .file_parts import TEXT_MEDIA_TYPES, TEXT_SUFFIXES
 from .file_store import FileNotFound, FileStore, StoredFile, StoreFull, owner_of
 from .metrics import metrics, watch_file_store
@@ -344,24 +345,18 @@ def resolve_file_ids(messages: list[Any], raw_request: Request) -> list[Any]:
             "serve` enables it; with `vllm serve`, set VLLM_PLUGINS=landmark)"
         )
     owner = service.owner(raw_request)
-    out = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
-            out.append(message)
-            continue
-        parts = []
-        for part in content:
-            file_id = _file_id_of(part)
-            if file_id is not None:
-                try:
-                    _stored, text = service.store.get(owner, file_id)
-                except FileNotFound:
-                    raise DocumentError(f"no file with id {file_id!r:.80}") from None
-                part = {"type": "document", "document": {"text": text}}
-            parts.append(part)
-        out.append({**message, "content": parts})
-    return out
+
+    def resolve(part: Any) -> Any:
+        file_id = _file_id_of(part)
+        if file_id is None:
+            return part
+        try:
+            _stored, text = service.store.get(owner, file_id)
+        except FileNotFound:
+            raise DocumentError(f"no file with id {file_id!r:.80}") from None
+        return {"type": "document", "document": {"text": text}}
+
+    return replace_parts(messages, resolve)
 
 
 # ----------------------------------------------------------------------------------------------
