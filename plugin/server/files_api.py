@@ -269,27 +269,31 @@ async def list_files(
     )
 
 
-@router.get(FILES_ROUTE + "/{file_id}")
-async def retrieve_file(file_id: str, raw_request: Request) -> Response:
+def _owned_file(file_id: str, raw_request: Request) -> tuple[StoredFile, str] | JSONResponse:
+    """The caller's stored file and its text, or the error response to send instead."""
     service = _service(raw_request)
     if service is None:
         return _not_initialised()
     try:
-        stored, _text = service.store.get(service.owner(raw_request), file_id)
+        return service.store.get(service.owner(raw_request), file_id)
     except FileNotFound:
         return _not_found(file_id)
-    return JSONResponse(stored.openai_object())
+
+
+@router.get(FILES_ROUTE + "/{file_id}")
+async def retrieve_file(file_id: str, raw_request: Request) -> Response:
+    found = _owned_file(file_id, raw_request)
+    if isinstance(found, JSONResponse):
+        return found
+    return JSONResponse(found[0].openai_object())
 
 
 @router.get(FILES_ROUTE + "/{file_id}/content")
 async def file_content(file_id: str, raw_request: Request) -> Response:
-    service = _service(raw_request)
-    if service is None:
-        return _not_initialised()
-    try:
-        _stored, text = service.store.get(service.owner(raw_request), file_id)
-    except FileNotFound:
-        return _not_found(file_id)
+    found = _owned_file(file_id, raw_request)
+    if isinstance(found, JSONResponse):
+        return found
+    text = found[1]
     return Response(text.encode("utf-8", "surrogatepass"), media_type="text/plain; charset=utf-8")
 
 
