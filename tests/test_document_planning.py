@@ -183,3 +183,29 @@ def test_pipeline_parallel_is_refused_on_the_cpu_build() -> None:
     if current_platform.is_cpu():
         with pytest.raises(ValueError, match="does not run on vLLM's CPU build"):
             check_parallelism(SimpleNamespace(pipeline_parallel_size=2))
+
+
+def test_retrieval_is_wanted_only_when_a_document_may_not_fit(tiny_model, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    calls: list[int] = []
+
+    def text_tokens(count: int):
+        def estimate() -> int:
+            calls.append(count)
+            return count
+
+        return estimate
+
+    # No retriever: never worth it, and the prompt's text is not even counted.
+    assert not planner(tokenizer).may_need_scores([document(600)], text_tokens(10))
+    # A cap the document exceeds decides alone.
+    capped = planner(tokenizer, retriever=str(tmp_path), budget=100)
+    assert capped.may_need_scores([document(600)], text_tokens(10))
+    assert calls == []
+    # Otherwise the window decides: 200 + 100 + reserve 128 fits 512, 200 + 200 + 128 does not.
+    windowed = planner(tokenizer, retriever=str(tmp_path))
+    assert not windowed.may_need_scores([document(200)], text_tokens(100))
+    assert windowed.may_need_scores([document(200)], text_tokens(200))
+    assert calls == [100, 200]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -203,7 +203,7 @@ class DocumentPlanner:
                 )
         cap = self.config.budget
         if plan is not None and cap is not None:
-            needed = sum(num_soft_tokens(end - start, k) for start, end, k in plan)
+            needed = _plan_soft_tokens(plan)
             if needed > cap:
                 raise DocumentError(
                     f"the plan needs {needed} soft tokens, over the budget of {cap} "
@@ -254,8 +254,14 @@ class DocumentPlanner:
                 values.append(float(value))
         document.scores = SpanScores(tuple(bounds), tuple(values))
 
-    def may_need_scores(self, documents: Sequence[ParsedDocument], text_tokens: int) -> bool:
-        """Whether some document may not be read whole (so retrieval is worth running)."""
+    def may_need_scores(
+        self, documents: Sequence[ParsedDocument], text_tokens: Callable[[], int]
+    ) -> bool:
+        """Whether some document may not be read whole (so retrieval is worth running).
+
+        `text_tokens` estimates the rest of the prompt; it is called only when the answer
+        depends on it (a retriever is configured and no cap already decides).
+        """
         free = [d for d in documents if d.factor is None and d.plan is None]
         if not free or not self.config.retriever:
             return False
@@ -263,7 +269,7 @@ class DocumentPlanner:
         if cap is not None and any(d.num_tokens > cap for d in free):
             return True
         fixed = sum(_fixed_soft_tokens(d) for d in documents if d not in free)
-        total = text_tokens + fixed + sum(d.num_tokens for d in free)
+        total = text_tokens() + fixed + sum(d.num_tokens for d in free)
         return total + self.default_reserve() > self.max_model_len
 
     # -- planning ------------------------------------------------------------------------
@@ -374,5 +380,10 @@ def _fixed_soft_tokens(document: ParsedDocument) -> int:
     if document.factor is not None:
         return num_soft_tokens(document.num_tokens, document.factor)
     if document.plan is not None:
-        return sum(num_soft_tokens(end - start, k) for start, end, k in document.plan)
+        return _plan_soft_tokens(document.plan)
     return 0
+
+
+def _plan_soft_tokens(plan: Sequence[Sequence[int]]) -> int:
+    """Soft tokens of a request's explicit plan of [start, end, k] spans."""
+    return sum(num_soft_tokens(end - start, k) for start, end, k in plan)

@@ -168,9 +168,12 @@ def _parse_parts(
         return {"type": INTERNAL_PART, INTERNAL_PART: document}
 
     out = replace_parts(messages, parse)
-    texts = _message_texts(messages)
-    text_tokens = sum(len(planner.tokenizer.encode(t, add_special_tokens=False)) for t in texts)
-    text_tokens += _TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+
+    def text_tokens() -> int:  # tokenizes the messages only when the decision needs it
+        texts = _message_texts(messages)
+        counted = sum(len(planner.tokenizer.encode(t, add_special_tokens=False)) for t in texts)
+        return counted + _TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+
     return out, parsed, planner.may_need_scores(parsed, text_tokens)
 
 
