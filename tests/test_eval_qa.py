@@ -224,6 +224,23 @@ def test_plan_arms_fit_the_budget_and_keep_the_best_span_raw(arm: str) -> None:
 def test_unknown_arm_is_refused() -> None:
     with pytest.raises(ValueError):
         ar.check_arm("win-x12")
+    with pytest.raises(ValueError, match="K must be one of"):
+        ar.check_arm("win-t64-k3")
+
+
+def test_factor_arms_share_the_windows_and_differ_only_in_the_rest() -> None:
+    view = synthetic_view()
+    only = ar.plan_arm("win-t64-only", view, budget=256, raw_share=0.75)
+    assert {k for _, _, k in only} == {1} and sum(e - s for s, e, _ in only) <= 192
+    for k in (2, 8, 32):
+        plan = ar.plan_arm(f"win-t64-k{k}", view, budget=256, raw_share=0.75)
+        assert [t for t in plan if t[2] == 1] == only  # the same k=1 tokens
+        assert {f for _, _, f in plan} == {1, k}
+        assert sum(-(-(e - s) // f) for s, e, f in plan) <= 256
+    # win-tN at the factors a checkpoint keeps: only those appear.
+    kept = ar.plan_arm("win-t64", view, budget=256, raw_share=0.75, factors=(4, 32))
+    assert {f for _, _, f in kept} <= {1, 4, 32}
+    assert ar.plan_arm("win-t64", view, budget=256, raw_share=0.75, factors=()) == only
 
 
 # ------------------------------------------------------------------------------ runner pieces

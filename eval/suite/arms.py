@@ -18,7 +18,14 @@ arm                kind   what the LLM gets
 ``win-pN``         plan   the same, but a span's paragraph is taken whole when it has at
                           most N tokens
 ``win-tN-drop``    plan   windows fill the whole budget at k=1; the rest is dropped
+``win-tN-only``    plan   the windows of ``win-tN`` (``raw_share`` of the budget) alone: the
+                          rest is dropped (the reference of ``win-tN-kK``)
+``win-tN-kK``      plan   the windows of ``win-tN``, the rest compressed at factor K only:
+                          ``win-tN-kK`` minus ``win-tN-only`` is what K's soft tokens add
 =================  =====  ===============================================================
+
+``win-tN`` compresses at ``factors`` (default: all of :data:`COMPRESSION_FACTORS`; the runner
+can pass the factors a checkpoint records as helpful, ``eval.suite.factor_help``).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from vllm_landmark.compression.windows import (
 )
 
 COMPRESSION_FACTORS = (2, 4, 8, 16, 32)
-_ARM = re.compile(r"^win-(?P<kind>[tp])(?P<size>\d+)(?P<drop>-drop)?$")
+_ARM = re.compile(r"^win-(?P<kind>[tp])(?P<size>\d+)(?:-(?P<rest>drop|only|k(?P<k>\d+)))?$")
 _BM25_TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
 
@@ -177,12 +184,21 @@ def check_arm(arm: str) -> None:
     if arm not in ("truncate", "bm25", "m3") and not is_plan_arm(arm):
         raise ValueError(
             f"unknown arm {arm!r}: truncate, bm25, m3, oracle, fragments, win-tN, win-pN, "
-            "win-tN-drop, win-pN-drop"
+            "win-tN-drop, win-tN-only, win-tN-kK (and the same with pN)"
         )
+    match = _ARM.match(arm)
+    if match is not None and match["k"] is not None and int(match["k"]) not in COMPRESSION_FACTORS:
+        raise ValueError(f"arm {arm!r}: K must be one of {COMPRESSION_FACTORS}")
 
 
-def plan_arm(arm: str, view: DocumentView, budget: int, raw_share: float) -> list[list[int]]:
-    """The ``[start, end, k]`` plan of a plan arm."""
+def plan_arm(
+    arm: str,
+    view: DocumentView,
+    budget: int,
+    raw_share: float,
+    factors: Sequence[int] = COMPRESSION_FACTORS,
+) -> list[list[int]]:
+    """The ``[start, end, k]`` plan of a plan arm (``factors``: what ``win-tN`` compresses at)."""
     n = len(view.token_ids)
     if arm == "oracle":
         windows = select_windows([view.evidence], [1.0], budget, budget, num_tokens=n)
@@ -194,11 +210,14 @@ def plan_arm(arm: str, view: DocumentView, budget: int, raw_share: float) -> lis
     if match is None:
         raise ValueError(f"not a plan arm: {arm!r}")
     size = int(match["size"])
-    drop = match["drop"] is not None
+    rest = match["rest"]
     paragraphs = view.paragraphs if match["kind"] == "p" else None
-    raw_budget = budget if drop else int(budget * raw_share)
+    raw_budget = budget if rest == "drop" else int(budget * raw_share)
     windows = select_windows(view.spans, view.scores, raw_budget, size, paragraphs, n)
-    factors = () if drop else COMPRESSION_FACTORS
+    if rest in ("drop", "only"):
+        factors = ()
+    elif match["k"] is not None:
+        factors = (int(match["k"]),)
     plan = windows_plan(windows, view.spans, view.scores, n, budget, factors)
     return [list(t) for t in plan.as_triples()]
 
@@ -212,6 +231,7 @@ def arm_input(
     view: DocumentView | None = None,
     m3: Any = None,
     raw_share: float = 0.75,
+    factors: Sequence[int] = COMPRESSION_FACTORS,
 ) -> ArmInput:
     """The context of ``arm`` for ``item`` (``view`` for plan arms, ``m3`` for the m3 arm)."""
     check_arm(arm)
@@ -234,7 +254,7 @@ def arm_input(
         )
     if view is None:
         raise ValueError(f"arm {arm!r} needs the document view")
-    plan = plan_arm(arm, view, budget, raw_share)
+    plan = plan_arm(arm, view, budget, raw_share, factors)
     a_low, a_high = view.answer
     raw = any(s <= a_low and a_high <= e and k == 1 for s, e, k in plan)
     return ArmInput(

@@ -34,7 +34,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.suite.arms import ArmInput, arm_input, check_arm, document_view, is_plan_arm
+from eval.suite.arms import (
+    COMPRESSION_FACTORS,
+    ArmInput,
+    arm_input,
+    check_arm,
+    document_view,
+    is_plan_arm,
+)
 from eval.suite.qa import select, word_count
 from eval.suite.run import machine
 from eval.suite.stats import is_degenerate, mean_interval, paired_difference
@@ -171,6 +178,30 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compression_factors(setting: str, model: str) -> tuple[int, ...]:
+    """The factors ``win-tN`` arms compress at: ``all``, ``checkpoint`` or a list ``2,4``.
+
+    ``checkpoint``: the factors the served model's embedder records as helpful
+    (:meth:`EmbedderConfig.planning_factors`), as the plugin's planner uses them.
+    """
+    if setting == "all":
+        return COMPRESSION_FACTORS
+    if setting == "checkpoint":
+        from vllm_landmark.compression.choice import resolve_embedder
+        from vllm_landmark.compression.embedder_config import EmbedderConfig
+
+        choice = resolve_embedder("auto", model)
+        if choice.path is None:
+            raise SystemExit(f"--factors checkpoint: no trained embedder for {model}")
+        config = EmbedderConfig.from_folder(choice.path)
+        return tuple(k for k in config.planning_factors() if k in COMPRESSION_FACTORS)
+    factors = tuple(int(k) for k in setting.split(",") if k)
+    bad = [k for k in factors if k not in COMPRESSION_FACTORS]
+    if bad:
+        raise SystemExit(f"--factors {setting}: {bad} not in {COMPRESSION_FACTORS}")
+    return factors
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Build every arm's inputs, run them through one engine, score, summarize."""
     from transformers import AutoTokenizer
@@ -198,9 +229,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_model_len=args.window,
         enforce_eager=True,
         seed=0,
+        gpu_memory_utilization=args.memory_utilization,
         **engine_kwargs(LandmarkConfig(budget=args.budget)),
     )
     m3 = M3SpanRetriever(args.retriever)
+    factors = compression_factors(args.factors, model)
+    print(f"[qa_run] win-tN arms compress at factors {list(factors)}", flush=True)
     started = time.perf_counter()
     inputs: dict[str, list[ArmInput]] = {arm: [] for arm in arms}
     for item in items:
@@ -215,6 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     view=view,
                     m3=m3,
                     raw_share=args.raw_share,
+                    factors=factors,
                 )
             )
     prepare_s = time.perf_counter() - started
@@ -277,6 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split,
         "budget": args.budget,
         "raw_share": args.raw_share,
+        "factors": list(factors),
         "max_tokens": args.max_tokens,
         "languages": sorted({item["lang"] for item in items}),
         "items": len(items),
@@ -297,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--arms", default="truncate,bm25,m3,oracle,fragments,win-t128")
     parser.add_argument("--budget", type=int, default=1024, help="context tokens per arm")
     parser.add_argument("--raw-share", type=float, default=0.75, help="k=1 share, win arms")
+    parser.add_argument(
+        "--factors", default="all", help="win-tN compression: all, checkpoint, or e.g. 2,4"
+    )
     parser.add_argument("--limit", type=int, help="items (languages interleaved)")
     parser.add_argument("--max-tokens", type=int, default=16, help="greedy answer; 0: none")
     parser.add_argument("--chunk", type=int, default=8, help="requests per engine call")
@@ -304,6 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", help="LLM folder (default: the prepared SmolLM2)")
     parser.add_argument("--retriever", default="default", help="M3 folder or 'default'")
     parser.add_argument("--window", type=int, default=4096, help="engine max_model_len")
+    parser.add_argument(
+        "--memory-utilization",
+        type=float,
+        default=0.3,
+        help="vLLM gpu_memory_utilization: on the CPU build the share of RAM it must find free "
+        "at start-up (its 0.92 default fails on a shared machine)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--note", action="append", default=[], help="a line for the report")
     parser.add_argument(

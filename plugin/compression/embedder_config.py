@@ -2,6 +2,12 @@
 
 Cheap to import (no torch): the API server reads a checkpoint's factors with
 :meth:`EmbedderConfig.from_folder`, which checks the format version.
+
+Format 1 may hold an optional ``factor_help`` record (:class:`FactorHelp`): for each factor,
+how much its soft tokens change the answer versus dropping that text, measured on held-out
+QA. Readers that predate it ignore it and plan with every trained factor, as a checkpoint
+without it does; with it, :meth:`EmbedderConfig.planning_factors` keeps only the factors
+that help.
 """
 
 from __future__ import annotations
@@ -60,6 +66,79 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
+class FactorEffect:
+    """One factor's measured effect: mean paired difference and its 95% interval, n items."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.mean <= self.high or self.n < 1:
+            raise ValueError(f"factor effect needs low <= mean <= high and n >= 1, got {self}")
+
+
+@dataclass(frozen=True)
+class FactorHelp:
+    """Whether each factor's soft tokens help the answer, versus dropping that text.
+
+    ``splits`` maps a split name ("dev", "test") to ``{factor: FactorEffect}``: the paired
+    difference of the answer's log-probability per token between a plan whose remainder is
+    compressed at that factor and the same plan with the remainder dropped (same k=1 tokens).
+    ``decided_on`` names the split the rule reads (the other is the report).
+
+    The rule (:meth:`helps`): a factor helps when the lower end of its 95% interval is above
+    0. Dropping is the safe default (it costs nothing and cannot derail generation), so a
+    factor has to show it helps; a mean above 0 inside the noise is not enough.
+    """
+
+    metric: str
+    decided_on: str
+    splits: dict[str, dict[int, FactorEffect]]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.decided_on not in self.splits:
+            raise ValueError(
+                f"factor_help decides on split {self.decided_on!r}, which it does not record "
+                f"(it has {sorted(self.splits)})"
+            )
+
+    def helps(self, factor: int) -> bool:
+        """Whether ``factor`` helps on the deciding split (unmeasured factors do not)."""
+        effect = self.splits[self.decided_on].get(int(factor))
+        return effect is not None and effect.low > 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "decided_on": self.decided_on,
+            "source": self.source,
+            "splits": {
+                name: {str(k): dataclasses.asdict(e) for k, e in sorted(effects.items())}
+                for name, effects in self.splits.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FactorHelp:
+        try:
+            splits = {
+                str(name): {int(k): FactorEffect(**e) for k, e in effects.items()}
+                for name, effects in data["splits"].items()
+            }
+            return cls(
+                metric=str(data["metric"]),
+                decided_on=str(data["decided_on"]),
+                splits=splits,
+                source=str(data.get("source", "")),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{EMBEDDER_CONFIG_NAME}: malformed factor_help ({exc})") from exc
+
+
+@dataclass(frozen=True)
 class EmbedderConfig:
     """What `embedder_config.json` holds."""
 
@@ -72,6 +151,8 @@ class EmbedderConfig:
     format_version: int = FORMAT_VERSION
     #: Free-form notes about how it was trained (steps, data, recipe config); not used to load.
     training: dict[str, Any] = field(default_factory=dict)
+    #: Measured help of each factor (optional; None keeps every trained factor for planning).
+    factor_help: FactorHelp | None = None
 
     def __post_init__(self) -> None:
         factors = tuple(sorted({int(k) for k in self.factors}))
@@ -83,10 +164,25 @@ class EmbedderConfig:
         if self.pooling != "mean":
             raise ValueError(f"pooling={self.pooling!r}: only 'mean' is implemented")
 
+    def planning_factors(self) -> tuple[int, ...]:
+        """The factors a planner may choose by itself: all trained ones, or those that help.
+
+        Without a ``factor_help`` record every trained factor (today's behaviour); with one,
+        only those :meth:`FactorHelp.helps` accepts (possibly none: then text that does not
+        fit at k=1 is dropped). Explicit plans in requests may still use any trained factor.
+        """
+        if self.factor_help is None:
+            return self.factors
+        return tuple(k for k in self.factors if self.factor_help.helps(k))
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["factors"] = list(self.factors)
         data["lora"]["target_modules"] = list(self.lora.target_modules)
+        if self.factor_help is None:
+            del data["factor_help"]
+        else:
+            data["factor_help"] = self.factor_help.to_dict()
         return data
 
     @classmethod
@@ -118,4 +214,7 @@ class EmbedderConfig:
             pooling=data.get("pooling", "mean"),
             format_version=version,
             training=dict(data.get("training", {})),
+            factor_help=(
+                FactorHelp.from_dict(data["factor_help"]) if "factor_help" in data else None
+            ),
         )

@@ -13,7 +13,8 @@ room left (window - text - reserve) is shared between the documents by water-fil
 document gets the same share, a document shorter than its share keeps all of it at k=1 and
 gives the rest back to the others. `--landmark-budget` caps each document's share. A document
 over its share is planned into it: with a retriever, the spans that best match the question
-stay raw (k=1) and the rest is compressed (only with a trained embedder) or left out; without
+stay raw (k=1) and the rest is compressed (only with a trained embedder, at the factors its
+checkpoint records as helping: `planning_factors`) or left out; without
 one, the middle of the document goes first (head and tail are kept, as LongBench's middle
 truncation does), compressed with a trained embedder or left out without one.
 """
@@ -25,9 +26,11 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from ..compression.choice import EmbedderChoice
+from ..compression.embedder_config import EMBEDDER_CONFIG_NAME, EmbedderConfig
 from ..compression.factors import DocumentTooLongError, choose_factor, num_soft_tokens
 from ..compression.planner import Plan, PlanError, PlannedSpan, plan_spans, uniform_plan
 from ..config import LandmarkConfig
@@ -154,6 +157,19 @@ def head_and_tail(num_tokens: int, share: int) -> Plan:
     return Plan(tuple(spans))
 
 
+def planning_factors(embedder: EmbedderChoice) -> tuple[int, ...]:
+    """The k>1 factors the planner may choose for ``embedder``.
+
+    A checkpoint's :meth:`EmbedderConfig.planning_factors` (only those its ``factor_help``
+    record shows to help, or all it was trained for without a record); the untrained baseline,
+    "none" and a choice made without a config file (`resolve_embedder` always checks for one)
+    keep their own list.
+    """
+    if embedder.path is None or not (Path(embedder.path) / EMBEDDER_CONFIG_NAME).is_file():
+        return embedder.factors
+    return EmbedderConfig.from_folder(embedder.path).planning_factors()
+
+
 class DocumentPlanner:
     """Parses and plans the documents of one model's requests (one per API-server process)."""
 
@@ -169,7 +185,11 @@ class DocumentPlanner:
         self.max_model_len = max_model_len
         self.embedder = embedder
         served = (1, *embedder.factors)
+        #: Factors a request's explicit plan or factor may use (everything served).
         self.factors = tuple(k for k in config.factors if k in served) or (1,)
+        #: Factors the planner chooses by itself: those the checkpoint records as helping.
+        helpful = (1, *planning_factors(embedder))
+        self.plan_factors = tuple(k for k in self.factors if k in helpful) or self.factors
         self.segments = SegmentTokenizer.for_tokenizer(tokenizer)
         self.document_tokens = DocumentTokenizer(tokenizer)
 
@@ -232,7 +252,7 @@ class DocumentPlanner:
         from ..retrieval.service import get_span_ranker
 
         try:
-            scores = get_span_ranker(self.config.retriever).score_all_spans(
+            scores = get_span_ranker(self.config.retriever_folder()).score_all_spans(
                 document.text, document.query, llm_tokenizer=self.tokenizer
             )
         except (ValueError, RuntimeError) as exc:
@@ -353,10 +373,10 @@ class DocumentPlanner:
         if document.scores is not None:
             scores, selection = document.scores, "retriever"
         else:
-            compress = [k for k in self.factors if k > 1]
+            compress = [k for k in self.plan_factors if k > 1]
             if compress and self.config.factor is None:
                 try:
-                    factor = choose_factor(n, share, self.config, factors=self.factors)
+                    factor = choose_factor(n, share, self.config, factors=self.plan_factors)
                     return uniform_plan(n, factor), "uniform"
                 except DocumentTooLongError:
                     pass
@@ -364,7 +384,7 @@ class DocumentPlanner:
                 return head_and_tail(n, share), "position"
             scores, selection = position_scores(n), "position"
         try:
-            return plan_spans(scores.bounds, scores.values, share, self.factors), selection
+            return plan_spans(scores.bounds, scores.values, share, self.plan_factors), selection
         except PlanError as exc:
             raise DocumentError(str(exc)) from exc
 
