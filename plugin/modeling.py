@@ -82,6 +82,30 @@ def check_parallelism(parallel_config: Any) -> None:
         )
 
 
+def _tensor_parallel_shard(base_folder: Any) -> Any:
+    """This worker's TensorParallelShard (None at TP=1: the whole layers, as before).
+
+    Raises ValueError at start-up, naming the embedder's head count and the TP size, when the
+    embedder's layers cannot be split that many ways.
+    """
+    from vllm.distributed import (
+        get_tensor_model_parallel_rank,
+        get_tensor_model_parallel_world_size,
+        tensor_model_parallel_all_reduce,
+    )
+
+    from .compression.base_model import DecoderSpec
+    from .compression.tensor_parallel import TensorParallelShard, check_shardable
+
+    size = get_tensor_model_parallel_world_size()
+    if size == 1:
+        return None
+    check_shardable(DecoderSpec.from_folder(base_folder), size)
+    return TensorParallelShard(
+        get_tensor_model_parallel_rank(), size, tensor_model_parallel_all_reduce
+    )
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     DocumentMultiModalProcessor,
     info=DocumentProcessingInfo,
@@ -188,7 +212,11 @@ class LandmarkForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
         return out
 
     def _load_embedder(self) -> None:
-        """Load the trained embedder next to the LLM (same device and dtype), if one is used."""
+        """Load the trained embedder next to the LLM (same device and dtype), if one is used.
+
+        Under tensor parallelism each rank keeps 1/TP of the embedder's layers, split like
+        the LLM's and summed over vLLM's tensor-parallel group (`compression.tensor_parallel`).
+        """
         if self.embedder_choice.path is None:
             return
         from .compression.choice import resolve_model_folder
@@ -204,6 +232,7 @@ class LandmarkForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
             device=reference.device,
             dtype=reference.dtype,
             token_embedding=self.language_model.embed_input_ids,
+            shard=_tensor_parallel_shard(base_folder),
         )
         object.__setattr__(self, "_embedder", embedder)  # not a registered submodule
 

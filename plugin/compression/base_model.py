@@ -122,6 +122,14 @@ class BaseWeights:
         with safe_open(self.files[name], framework="pt") as handle:
             return handle.get_slice(name)[start:end]
 
+    def slice(self, name: str, dim: int, start: int, end: int) -> torch.Tensor:
+        """Rows (dim 0) or columns (dim 1) start:end of a tensor, reading only those."""
+        if name not in self.files:
+            raise KeyError(f"tensor {name!r} not found in {self.folder}")
+        with safe_open(self.files[name], framework="pt") as handle:
+            part = handle.get_slice(name)
+            return (part[start:end] if dim == 0 else part[:, start:end]).contiguous()
+
 
 def base_model_identity(folder: str | Path) -> BaseModelIdentity:
     """Name (folder name) and fingerprint of a base model folder.

@@ -2,7 +2,9 @@
 
 Same parameter names as transformers, so the base model's safetensors load into them directly;
 attention is :func:`.attention.packed_causal_attention` (flash-attn varlen on a GPU, per-span
-SDPA on CPU), so all spans of a batch go through one forward.
+SDPA on CPU), so all spans of a batch go through one forward. Given a
+:class:`.tensor_parallel.TensorParallelShard`, each layer holds this rank's heads and
+intermediate rows only and sums the attention and MLP outputs over the ranks (see that module).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from torch import nn
 
 from .attention import packed_causal_attention
 from .base_model import DecoderSpec
+from .tensor_parallel import TensorParallelShard, local_shape
 
 
 class RMSNorm(nn.Module):
@@ -36,18 +39,22 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """Grouped-query self-attention over packed spans with rotary positions."""
 
-    def __init__(self, spec: DecoderSpec, qkv_bias: bool, o_bias: bool) -> None:
+    def __init__(
+        self,
+        spec: DecoderSpec,
+        qkv_bias: bool,
+        o_bias: bool,
+        shard: TensorParallelShard | None = None,
+    ) -> None:
         super().__init__()
         h, d = spec.hidden_size, spec.head_dim
-        self.num_heads, self.num_kv_heads, self.head_dim = (
-            spec.num_attention_heads,
-            spec.num_key_value_heads,
-            d,
-        )
+        shape = local_shape(spec, shard)
+        self.num_heads, self.num_kv_heads, self.head_dim = shape.num_heads, shape.num_kv_heads, d
+        self.shard = shard
         self.q_proj = nn.Linear(h, self.num_heads * d, bias=qkv_bias)
         self.k_proj = nn.Linear(h, self.num_kv_heads * d, bias=qkv_bias)
         self.v_proj = nn.Linear(h, self.num_kv_heads * d, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * d, h, bias=o_bias)
+        self.o_proj = nn.Linear(self.num_heads * d, h, bias=o_bias and shape.owns_row_bias)
 
     def forward(
         self,
@@ -65,32 +72,43 @@ class Attention(nn.Module):
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         out = packed_causal_attention(q, k, v, cu_seqlens, max_seqlen, self.head_dim**-0.5)
-        return self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
+        out = self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
+        return out if self.shard is None else self.shard.reduce(out)
 
 
 class MLP(nn.Module):
     """SiLU-gated feed-forward."""
 
-    def __init__(self, spec: DecoderSpec, bias: bool) -> None:
+    def __init__(self, spec: DecoderSpec, bias: bool, shard: TensorParallelShard | None = None):
         super().__init__()
-        h, i = spec.hidden_size, spec.intermediate_size
+        shape = local_shape(spec, shard)
+        h, i = spec.hidden_size, shape.intermediate_size
+        self.shard = shard
         self.gate_proj = nn.Linear(h, i, bias=bias)
         self.up_proj = nn.Linear(h, i, bias=bias)
-        self.down_proj = nn.Linear(i, h, bias=bias)
+        self.down_proj = nn.Linear(i, h, bias=bias and shape.owns_row_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        out = self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        return out if self.shard is None else self.shard.reduce(out)
 
 
 class DecoderLayer(nn.Module):
     """Pre-norm Llama decoder layer (same parameter names as transformers)."""
 
-    def __init__(self, spec: DecoderSpec, qkv_bias: bool, o_bias: bool, mlp_bias: bool) -> None:
+    def __init__(
+        self,
+        spec: DecoderSpec,
+        qkv_bias: bool,
+        o_bias: bool,
+        mlp_bias: bool,
+        shard: TensorParallelShard | None = None,
+    ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.self_attn = Attention(spec, qkv_bias, o_bias)
+        self.self_attn = Attention(spec, qkv_bias, o_bias, shard)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.mlp = MLP(spec, mlp_bias)
+        self.mlp = MLP(spec, mlp_bias, shard)
 
     def forward(self, x, cos, sin, cu_seqlens, max_seqlen):  # noqa: ANN001 - hot path
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen)
@@ -109,13 +127,14 @@ class EmbedderStack(nn.Module):
         qkv_bias: bool = False,
         o_bias: bool = False,
         mlp_bias: bool = False,
+        shard: TensorParallelShard | None = None,
     ) -> None:
         super().__init__()
         self.embed_tokens = (
             nn.Embedding(spec.vocab_size, spec.hidden_size) if with_embedding else None
         )
         self.layers = nn.ModuleList(
-            DecoderLayer(spec, qkv_bias, o_bias, mlp_bias) for _ in range(num_layers)
+            DecoderLayer(spec, qkv_bias, o_bias, mlp_bias, shard) for _ in range(num_layers)
         )
 
 

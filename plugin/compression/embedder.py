@@ -55,6 +55,7 @@ from .embedder_config import (
 )
 from .lora import PEFT_KEY_PREFIX, merge_lora, peft_lora_config, read_adapter
 from .shipped import find_shipped_embedder, shipped_embedders_dir
+from .tensor_parallel import TensorParallelShard, local_shape, read_shard, shard_adapter
 
 
 class ExtensibleEmbedder(nn.Module):
@@ -75,6 +76,7 @@ class ExtensibleEmbedder(nn.Module):
         qkv_bias: bool = False,
         o_bias: bool = False,
         mlp_bias: bool = False,
+        shard: TensorParallelShard | None = None,
     ) -> None:
         super().__init__()
         if config.num_layers > spec.num_hidden_layers:
@@ -95,7 +97,9 @@ class ExtensibleEmbedder(nn.Module):
             qkv_bias=qkv_bias,
             o_bias=o_bias,
             mlp_bias=mlp_bias,
+            shard=shard,
         )
+        self.shard = shard  # this rank's place under tensor parallelism (None: whole layers)
         # Not registered as a submodule: a shared LLM embedding must not be saved, moved or cast.
         object.__setattr__(self, "_shared_embedding", token_embedding)
         self.projection = nn.Linear(spec.hidden_size, spec.hidden_size)
@@ -146,6 +150,7 @@ class ExtensibleEmbedder(nn.Module):
         device: torch.device | str | None,
         dtype: torch.dtype | None,
         token_embedding: Callable[[torch.Tensor], torch.Tensor] | None,
+        shard: TensorParallelShard | None = None,
     ) -> ExtensibleEmbedder:
         weights = BaseWeights(base)
         qkv_bias = "model.layers.0.self_attn.q_proj.bias" in weights
@@ -162,6 +167,7 @@ class ExtensibleEmbedder(nn.Module):
                 qkv_bias=qkv_bias,
                 o_bias=o_bias,
                 mlp_bias=mlp_bias,
+                shard=shard,
             )
         names = [
             name
@@ -170,7 +176,7 @@ class ExtensibleEmbedder(nn.Module):
         ]
         if token_embedding is None:
             names.append("model.embed_tokens.weight")
-        state = {name: weights.get(name) for name in names}
+        state = read_shard(weights, names, spec, shard)
         hidden = spec.hidden_size
         state["projection.weight"] = torch.eye(hidden)
         state["projection.bias"] = torch.zeros(hidden)
@@ -189,6 +195,7 @@ class ExtensibleEmbedder(nn.Module):
         dtype: torch.dtype | None = None,
         token_embedding: Callable[[torch.Tensor], torch.Tensor] | None = None,
         trainable: bool = False,
+        shard: TensorParallelShard | None = None,
     ) -> ExtensibleEmbedder:
         """Load a saved embedder onto its base model.
 
@@ -196,7 +203,8 @@ class ExtensibleEmbedder(nn.Module):
         names both), loads only the first L layers (and the token embedding unless
         `token_embedding`, e.g. the LLM's own embedding module, is given to share it), then
         merges the LoRA into those weights (`trainable=True` keeps it as a live peft adapter
-        to continue training; that needs peft) and loads the projection.
+        to continue training; that needs peft) and loads the projection. With a tensor-parallel
+        `shard`, only this rank's slices of the layers (and of the LoRA) are read and kept.
         """
         folder, base = Path(folder), Path(base_model_folder)
         config = EmbedderConfig.from_folder(folder)
@@ -208,8 +216,12 @@ class ExtensibleEmbedder(nn.Module):
                 f"--landmark-embedder mean-baseline)"
             )
         spec = DecoderSpec.from_folder(base)
-        module = cls._build(config, spec, base, "cpu", torch.float32, token_embedding)
+        if trainable and shard is not None and shard.size > 1:
+            raise ValueError("training runs on whole layers: load with trainable=False under TP")
+        module = cls._build(config, spec, base, "cpu", torch.float32, token_embedding, shard)
         adapter = read_adapter(folder, config)
+        if shard is not None and shard.size > 1:
+            adapter = shard_adapter(adapter, spec, local_shape(spec, shard))
         if trainable:
             module.attach_lora()
             module.load_lora_state(adapter)
