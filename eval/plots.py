@@ -2,6 +2,7 @@
 
     python -m eval.plots [--suite eval/results/suite_cpu.json]
         [--serving eval/results/serving_cpu.json] [--out-dir eval/results]
+        [--qa eval/results/qa_test_arms.json eval/results/qa_test_arms_8k.json ...]
 
 Small files on purpose (about 30-60 KB each): they are committed next to the JSON.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,15 +158,71 @@ def plot_latency(serving: dict[str, Any], path: Path, concurrency: int = 1) -> P
     return path
 
 
+def qa_length(report: dict[str, Any]) -> int:
+    """The document length of a QA run: its items' target length (``qa-8k`` -> 8192)."""
+    match = re.search(r"qa-(\d+)k", Path(report["items_file"]).name)
+    if match:
+        return int(match[1]) * 1024
+    return int(report["mean_length"])
+
+
+def plot_qa_lengths(reports: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Answer log-prob (95% interval) and degeneration rate of each arm vs document length."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    by_length = sorted(reports, key=qa_length)
+    arms = [a for a in by_length[-1]["summary"]["arms"] if not a.startswith("fragments")]
+    for index, arm in enumerate(arms):
+        xs, ys, los, his, degen = [], [], [], [], []
+        for report in by_length:
+            stats = report["summary"]["arms"].get(arm)
+            if not stats or "logprob" not in stats:
+                continue
+            x = qa_length(report) * 2 ** ((index - len(arms) / 2) * 0.025)  # spread the bars
+            lp = stats["logprob"]
+            xs.append(x)
+            ys.append(lp["mean"])
+            los.append(lp["mean"] - lp["low"])
+            his.append(lp["high"] - lp["mean"])
+            degen.append(100 * stats["degenerate"]["mean"] if "degenerate" in stats else None)
+        if not xs:
+            continue
+        left.errorbar(xs, ys, yerr=[los, his], marker="o", capsize=3, label=arm)
+        points = [(x, d) for x, d in zip(xs, degen, strict=True) if d is not None]
+        if points:
+            right.plot(*zip(*points, strict=True), marker="o", label=arm)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        _k_ticks(ax)
+        ax.set_xlabel("document length (LLM tokens)")
+        ax.grid(alpha=0.3)
+    left.set_ylabel("gold answer log-prob / token")
+    right.set_ylabel("degenerate answers (%)")
+    budget = by_length[-1]["budget"]
+    left.set_title(f"held-out QA, budget {budget} (95% intervals)", fontsize=9)
+    right.set_title("greedy answers: empty or one repeated token", fontsize=9)
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m eval.plots", description=__doc__)
     parser.add_argument("--suite", type=Path, default=Path("eval/results/suite_cpu.json"))
     parser.add_argument("--serving", type=Path, default=Path("eval/results/serving_cpu.json"))
     parser.add_argument("--out-dir", type=Path, default=Path("eval/results"))
+    parser.add_argument(
+        "--qa", type=Path, nargs="*", default=[], help="qa_run reports, one per length"
+    )
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     made = []
+    if args.qa:
+        reports = [json.loads(p.read_text()) for p in args.qa]
+        made.append(plot_qa_lengths(reports, args.out_dir / "qa_vs_length.png"))
     if args.suite.is_file():
         suite = json.loads(args.suite.read_text())
         made.append(plot_quality(suite, args.out_dir / "quality_vs_budget.png"))

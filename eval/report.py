@@ -385,7 +385,7 @@ def _load(results: Path, name: str) -> dict[str, Any] | None:
 
 
 def retriever_speed_section(results: Path) -> str | None:
-    """Markdown for the retriever's speed, its rankings and the proxy (issue 14 files)."""
+    """Markdown for the retriever's speed, its int8 ranking check, TTFT with it, the proxy."""
     bench = _load(results, "bench_retriever.json")
     exact = _load(results, "retrieval_quality_float32_check.json")
     fast = _load(results, "retrieval_quality_int8_check.json")
@@ -485,6 +485,11 @@ def retriever_speed_section(results: Path) -> str | None:
     return "\n".join(out)
 
 
+def qa_length_runs(results: Path) -> list[Path]:
+    """The held-out arm comparisons, one per document length (``qa_test_arms*.json``)."""
+    return sorted(results.glob("qa_test_arms*.json"))
+
+
 def build(results: Path) -> str:
     """The whole page."""
     parts = [HEADER]
@@ -496,6 +501,13 @@ def build(results: Path) -> str:
         data = json.loads(path.read_text())
         if data.get("kind") == "qa":
             parts.append(qa_section(data, path.name))
+    if (results / "qa_vs_length.png").is_file() and qa_length_runs(results):
+        names = ", ".join(f"`{p.name}`" for p in qa_length_runs(results))
+        parts.append(
+            "## Real-text QA vs document length\n\n"
+            f"The held-out arms of {names}: answer log-prob per token with 95% intervals, and "
+            "the share of degenerate answers.\n\n![QA vs length](results/qa_vs_length.png)\n"
+        )
     for path in sorted(results.glob("serving*.json")):
         data = json.loads(path.read_text())
         if data.get("kind") == "serving":
@@ -531,6 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             plot_args += ["--suite", str(suite[-1])]
         if serving:
             plot_args += ["--serving", str(serving[-1])]
+        lengths = qa_length_runs(args.results)
+        if lengths:
+            plot_args += ["--qa", *map(str, lengths)]
         plots_main(plot_args)
     text = build(args.results)
     args.out.write_text(text, encoding="utf-8")

@@ -240,7 +240,10 @@ def test_factor_arms_share_the_windows_and_differ_only_in_the_rest() -> None:
     # win-tN at the factors a checkpoint keeps: only those appear.
     kept = ar.plan_arm("win-t64", view, budget=256, raw_share=0.75, factors=(4, 32))
     assert {f for _, _, f in kept} <= {1, 4, 32}
-    assert ar.plan_arm("win-t64", view, budget=256, raw_share=0.75, factors=()) == only
+    # No factor helps: the windows take the whole budget, as win-tN-drop.
+    none = ar.plan_arm("win-t64", view, budget=256, raw_share=0.75, factors=())
+    assert none == ar.plan_arm("win-t64-drop", view, budget=256, raw_share=0.75)
+    assert {k for _, _, k in none} == {1} and sum(e - s for s, e, _ in none) > 192
 
 
 # ------------------------------------------------------------------------------ runner pieces
@@ -263,6 +266,7 @@ def test_summary_and_table_show_intervals_and_paired_differences() -> None:
         records[arm] = [
             {
                 "id": str(i),
+                "lang": "de" if i % 3 else "en",
                 "logprob": -3.0 + shift + rng.normal(0, 0.3),
                 "hit": float(shift > 0),
                 "degenerate": 0.0,
@@ -276,3 +280,22 @@ def test_summary_and_table_show_intervals_and_paired_differences() -> None:
     assert diff["low"] > 0.7 and diff["high"] < 1.3
     table = qr.markdown({"summary": summary, "split": "test", "budget": 1024})
     assert "| oracle |" in table and "oracle - truncate" in table and "30 items" in table
+    assert summary["arms"]["oracle"]["by_language"]["en"]["n"] == 10
+    assert "| arm | de (20) | en (10) |" in table  # per language, with the item counts
+
+
+def test_qa_plot_has_one_point_per_length(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from eval.plots import plot_qa_lengths, qa_length
+
+    reports = []
+    for length, shift in ((4, 0.0), (8, -0.5), (16, -1.0)):
+        stats = {"mean": -3.0 + shift, "low": -3.4 + shift, "high": -2.6 + shift, "n": 32}
+        degenerate = {"mean": 0.1, "low": 0.0, "high": 0.2, "n": 32}
+        arms = {arm: {"logprob": stats, "degenerate": degenerate} for arm in ("truncate", "m3")}
+        reports.append(
+            {"items_file": f"/x/qa-{length}k.jsonl", "budget": 1024, "summary": {"arms": arms}}
+        )
+    assert [qa_length(r) for r in reports] == [4096, 8192, 16384]
+    path = plot_qa_lengths(reports, tmp_path / "qa.png")
+    assert 5_000 < path.stat().st_size < 150_000

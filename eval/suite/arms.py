@@ -25,7 +25,8 @@ arm                kind   what the LLM gets
 =================  =====  ===============================================================
 
 ``win-tN`` compresses at ``factors`` (default: all of :data:`COMPRESSION_FACTORS`; the runner
-can pass the factors a checkpoint records as helpful, ``eval.suite.factor_help``).
+can pass the factors a checkpoint records as helpful, ``eval.suite.factor_help``); with no
+factor it is ``win-tN-drop`` (windows fill the budget: nothing is worth compressing).
 """
 
 from __future__ import annotations
@@ -212,12 +213,14 @@ def plan_arm(
     size = int(match["size"])
     rest = match["rest"]
     paragraphs = view.paragraphs if match["kind"] == "p" else None
-    raw_budget = budget if rest == "drop" else int(budget * raw_share)
-    windows = select_windows(view.spans, view.scores, raw_budget, size, paragraphs, n)
     if rest in ("drop", "only"):
         factors = ()
     elif match["k"] is not None:
         factors = (int(match["k"]),)
+    # Nothing to compress at (no factor helps): the windows take the whole budget.
+    whole = rest == "drop" or (rest is None and not factors)
+    raw_budget = budget if whole else int(budget * raw_share)
+    windows = select_windows(view.spans, view.scores, raw_budget, size, paragraphs, n)
     plan = windows_plan(windows, view.spans, view.scores, n, budget, factors)
     return [list(t) for t in plan.as_triples()]
 

@@ -115,6 +115,10 @@ def summarize(
             if values:
                 arms[arm][metric] = mean_interval(values).as_dict()
         arms[arm]["prompt_tokens"] = sum(r["prompt_tokens"] for r in rows) / len(rows)
+        arms[arm]["by_language"] = {
+            lang: mean_interval([r["logprob"] for r in rows if r["lang"] == lang]).as_dict()
+            for lang in sorted({r["lang"] for r in rows})
+        }
     differences: dict[str, Any] = {}
     for reference in compare_to:
         if reference not in records:
@@ -163,6 +167,25 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_fmt(stats.get('answer_in_context'), 100, 0)} | {_fmt(stats.get('hit'), 100, 0)} | "
             f"{_fmt(stats.get('degenerate'), 100, 0)} | {stats['prompt_tokens']:.0f} |"
         )
+    languages = sorted(
+        {lang for a in summary["arms"].values() for lang in a.get("by_language", {})}
+    )
+    if len(languages) > 1:
+        counts = {
+            lang: max(a["by_language"].get(lang, {}).get("n", 0) for a in summary["arms"].values())
+            for lang in languages
+        }
+        lines += [
+            "",
+            "Answer log-prob / token per language (items per language in the header; fewer than "
+            "about 10 items give intervals too wide to rank arms):",
+            "",
+            "| arm | " + " | ".join(f"{lang} ({counts[lang]})" for lang in languages) + " |",
+            "|---|" + "---|" * len(languages),
+        ]
+        for arm, stats in summary["arms"].items():
+            cells = [_fmt(stats.get("by_language", {}).get(lang)) for lang in languages]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if summary["differences"]:
         lines += [
             "",
@@ -316,6 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens,
         "languages": sorted({item["lang"] for item in items}),
         "items": len(items),
+        "mean_length": round(sum(item["length"] for item in items) / len(items)),
         "items_retriever_held_out": sum(not item["retriever_train"] for item in items),
         "command": "python -m eval.suite.qa_run " + " ".join(sys.argv[1:]),
         "notes": args.note,
