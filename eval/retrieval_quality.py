@@ -149,13 +149,22 @@ def evaluate(
     batch_size: int,
     quantize: str | None = None,
     max_passages: int | None = None,
+    backend: str = "torch",
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per model, language, setting and mode; the folders must share one encoder."""
+    """Metrics per model, language, setting and mode; the folders must share one encoder.
+
+    ``backend="onnx"`` runs the shared forward on ONNX Runtime (exported from the first folder).
+    """
     encoders = {
         name: M3Encoder(folder, batch_size=batch_size, quantize=quantize)
         for name, folder in folders.items()
     }
-    shared = SharedForward(next(iter(encoders.values())).model)
+    first = next(iter(encoders.values()))
+    if backend == "onnx":
+        from vllm_landmark.retrieval.onnx_encoder import onnx_model
+
+        first.model = onnx_model(first.path)  # type: ignore[assignment]
+    shared = SharedForward(first.model)
     for enc in encoders.values():
         enc.model = shared  # type: ignore[assignment]
     passages = [p for p in read_jsonl(data / "passages.jsonl") if p.get("split") == "test"]
@@ -312,6 +321,12 @@ def main(argv: list[str] | None = None) -> None:
         "--quantize", choices=("int8",), help="evaluate the encoder in this faster mode"
     )
     parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="the encoder forward's runtime (onnx: ONNX Runtime, float32)",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -338,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             args.batch_size,
             quantize=args.quantize,
             max_passages=args.max_passages,
+            backend=args.backend,
         )
         report: dict[str, Any] = {
             name: {"languages": results[name], "mean": macro(results[name], langs)}
@@ -362,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["python -m eval.retrieval_quality", *(argv or sys.argv[1:])]),
         "model": str(after),
         "quantize": args.quantize,
+        "backend": args.backend,
         "models": {
             "before": "the default encoder + recipes.m3's initial heads (nn.Linear init, seed 0)",
             "after": "the default retriever as shipped (heads from plugin/data/retriever_heads)",

@@ -122,6 +122,7 @@ class M3Encoder:
         max_batch_tokens: int = 8192,
         attn_implementation: str = "sdpa",
         quantize: str | None = None,
+        backend: str = "torch",
     ) -> None:
         from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -209,6 +210,18 @@ class M3Encoder:
             if self.device.type != "cpu" or dtype != torch.float32:
                 raise ValueError("int8 quantization runs on the CPU from float32 weights")
             self.model = quantize_int8(self.model)
+
+        #: ``"torch"`` (the FlagEmbedding-parity path) or ``"onnx"`` (:mod:`.onnx_encoder`:
+        #: the same float32 forward on ONNX Runtime, CPU only, faster).
+        self.backend: str = backend
+        if backend != "torch":
+            from .onnx_encoder import BACKENDS, onnx_model
+
+            if backend not in BACKENDS:
+                raise ValueError(f"backend={backend!r}; choose one of {BACKENDS}")
+            if self.device.type != "cpu" or dtype != torch.float32 or quantize is not None:
+                raise ValueError("the onnx backend runs float32 on the CPU, unquantized")
+            self.model = onnx_model(self.path)  # the torch weights are dropped
 
     @property
     def has_sparse(self) -> bool:

@@ -3,23 +3,31 @@
 The API-server process plans documents with it; loading happens on first use and the
 document-encoding cache then serves follow-up questions about the same document.
 
-Where it runs: on CUDA when the process sees a GPU, else on the CPU, in float32 (exactly as
-FlagEmbedding). ``LANDMARK_RETRIEVER_QUANTIZE=int8`` runs it int8-quantized on the CPU
-(:mod:`.quantize`): about 2x faster, but not the default, because it moves rankings more than
-the project allows (``eval/RESULTS.md``: nDCG@10 down 0.0085 inside documents).
+Where it runs: on CUDA when the process sees a GPU (torch), else on the CPU in float32 on
+ONNX Runtime (:mod:`.onnx_encoder`: the same arithmetic with fused kernels, faster; rankings
+unchanged on the retrieval-quality set, ``eval/RESULTS.md``). Without onnxruntime installed the
+CPU falls back to torch with a warning. ``LANDMARK_RETRIEVER_BACKEND=torch`` keeps the torch
+forward (the FlagEmbedding-parity path); ``=onnx`` insists on ONNX Runtime (an error without it).
+``LANDMARK_RETRIEVER_QUANTIZE=int8`` runs torch int8-quantized on the CPU (:mod:`.quantize`):
+faster, but not the default, because it moves rankings more than the project allows (both
+measured in ``eval/RESULTS.md``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from functools import lru_cache
 from typing import Any
 
+logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 
 #: Environment variable overriding the quantization choice: "int8" or "none".
 QUANTIZE_ENV = "LANDMARK_RETRIEVER_QUANTIZE"
+#: Environment variable choosing the encoder's runtime on the CPU: "onnx" or "torch".
+BACKEND_ENV = "LANDMARK_RETRIEVER_BACKEND"
 
 
 def retriever_device() -> str:
@@ -40,6 +48,36 @@ def retriever_quantize(device: str) -> str | None:
     return "int8" if device == "cpu" else None
 
 
+def retriever_backend(device: str, quantize: str | None) -> str:
+    """The encoder's runtime: ``"onnx"`` on the CPU in float32 when onnxruntime is installed,
+    else ``"torch"``; ``LANDMARK_RETRIEVER_BACKEND`` overrides (``"onnx"`` without onnxruntime,
+    on a GPU or with int8 is an error)."""
+    from .onnx_encoder import BACKENDS, onnx_available, require_onnxruntime
+
+    choice = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if choice not in ("", *BACKENDS):
+        raise ValueError(f"{BACKEND_ENV}={choice!r}: use one of {BACKENDS}")
+    if choice == "torch":
+        return "torch"
+    if choice == "onnx":
+        if device != "cpu" or quantize is not None:
+            raise ValueError(
+                f"{BACKEND_ENV}=onnx runs float32 on the CPU; this process has "
+                f"device={device}, {QUANTIZE_ENV}={quantize}"
+            )
+        require_onnxruntime()
+        return "onnx"
+    if device != "cpu" or quantize is not None:
+        return "torch"
+    if not onnx_available():
+        logger.warning(
+            "onnxruntime is not installed: the retriever runs in torch on the CPU (slower; "
+            "pip install onnxruntime onnx for the faster, equally exact ONNX Runtime path)"
+        )
+        return "torch"
+    return "onnx"
+
+
 @lru_cache(maxsize=4)
 def _ranker(folder: str) -> Any:
     from .m3 import M3Encoder
@@ -47,7 +85,8 @@ def _ranker(folder: str) -> Any:
 
     device = retriever_device()
     quantize = retriever_quantize(device)
-    return SpanRanker(M3Encoder(folder, device=device, quantize=quantize))
+    backend = retriever_backend(device, quantize)
+    return SpanRanker(M3Encoder(folder, device=device, quantize=quantize, backend=backend))
 
 
 def get_span_ranker(folder: str) -> Any:

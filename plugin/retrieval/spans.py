@@ -205,7 +205,11 @@ class SpanRanker:
         self.window = window
         self.max_chars = max_chars
         self.fingerprint = model_fingerprint(
-            encoder.path, encoder.dtype, str(encoder.device), getattr(encoder, "quantize", None)
+            encoder.path,
+            encoder.dtype,
+            str(encoder.device),
+            getattr(encoder, "quantize", None),
+            getattr(encoder, "backend", "torch"),
         )
 
     def document_encoding(self, document: str) -> tuple[DocumentEncoding, bool]:
