@@ -107,6 +107,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     from vllm_landmark import LandmarkConfig, engine_kwargs
+    from vllm_landmark.config import setting_text
     from vllm_landmark.default_models import prepare_default_llm
 
     model = str(prepare_default_llm())
@@ -167,7 +168,7 @@ def main() -> None:
         "machine": f"{platform.machine()} ({os.cpu_count()} cpus), CPU only, float32",
         "model": "SmolLM2-135M-Instruct, offline engine, eager, prefix caching on (each timed "
         "run starts with its own line, so none reuses another's prefix)",
-        "retriever": config.retriever,
+        "retriever": setting_text(config.retriever),
         "retriever_mode": retriever_mode(config),
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "document_tokens": doc_tokens,

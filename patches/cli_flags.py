@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,16 +151,29 @@ def _path(value: str) -> str:
     return str(Path(value).expanduser())
 
 
-def _embedder(value: str) -> str:
-    from vllm_landmark.config import AUTO_EMBEDDER, MEAN_BASELINE
+def _choice(parse: Callable[[str], Any], value: str) -> Any:
+    """A typed embedder/retriever choice (`parse` is the config's parser); folders must exist."""
+    from vllm_landmark.config import LandmarkConfigError
 
-    return value if value in (AUTO_EMBEDDER, MEAN_BASELINE) else _folder(value)
+    try:
+        setting = parse(value)
+    except LandmarkConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if isinstance(setting, Path):
+        _folder(str(setting))
+    return setting
 
 
-def _retriever(value: str) -> str:
-    from vllm_landmark.config import DEFAULT_RETRIEVER
+def _embedder(value: str) -> Any:
+    from vllm_landmark.config import parse_embedder
 
-    return value if value == DEFAULT_RETRIEVER else _folder(value)
+    return _choice(parse_embedder, value)
+
+
+def _retriever(value: str) -> Any:
+    from vllm_landmark.config import parse_retriever
+
+    return _choice(parse_retriever, value)
 
 
 _TYPES = {

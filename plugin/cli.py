@@ -178,7 +178,7 @@ def proxy_config(args: argparse.Namespace) -> ProxyConfig:
         api_key=api_key,
         budget=args.budget,
         window_tokens=args.window_tokens,
-        retriever=None if args.retriever == "none" else args.retriever,
+        retriever=args.retriever,
     )
 
 

@@ -1,28 +1,21 @@
 """`LandmarkConfig`: the one place that holds the plugin's settings.
 
 The vLLM flags (`--landmark-*`), the `landmark` CLI and the Python API all fill this object.
-It travels to every vLLM process inside the model's Hugging Face config (see `engine.py`).
+It travels to every vLLM process inside the model's Hugging Face config (see `engine.py`), as
+the plain JSON `to_dict` writes (choices in their flag syntax).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 #: Scaling factors an embedder may use: k document tokens become one soft token.
 ALLOWED_FACTORS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-
-#: Name of the untrained k>1 embedder: the mean of each k consecutive token embeddings. Only
-#: used when asked for by name (it reads worse than leaving the text out).
-MEAN_BASELINE = "mean-baseline"
-#: Default embedder setting: a bundled trained embedder for the served model, else none (no
-#: compression: documents over their share are cut to their best spans at k=1).
-AUTO_EMBEDDER = "auto"
-#: retriever= this name means the bundled multilingual default; `resolve_default_models`
-#: turns it into the prepared folder where the server or the Python API starts.
-DEFAULT_RETRIEVER = "default"
 
 #: Attribute of the Hugging Face config that carries the settings to every process.
 HF_CONFIG_KEY = "landmark_config"
@@ -34,9 +27,80 @@ class LandmarkConfigError(ValueError):
     """A setting has a value the plugin cannot use; the message names it and the allowed range."""
 
 
+class EmbedderName(Enum):
+    """The k>1 embedder choices that are names, not folders."""
+
+    #: The bundled trained embedder made for the served model if there is one, else none (no
+    #: compression: documents over their share are cut to their best spans at k=1).
+    AUTO = "auto"
+    #: The untrained mean of each k consecutive token embeddings. Only used when asked for by
+    #: name (it reads worse than leaving the text out).
+    MEAN_BASELINE = "mean-baseline"
+
+
+class RetrieverName(Enum):
+    """The retriever choices that are names, not folders."""
+
+    #: The bundled multilingual-e5-small with trained heads; `LandmarkConfig.with_default_models`
+    #: turns it into the prepared folder where the server or the Python API starts.
+    DEFAULT = "default"
+
+
+#: An embedder choice: a name or a trained embedder folder.
+EmbedderSetting: TypeAlias = EmbedderName | Path
+#: A retriever choice: a name or a BGE-M3-layout folder (None in the config: no retrieval).
+RetrieverSetting: TypeAlias = RetrieverName | Path
+
+AUTO_EMBEDDER = EmbedderName.AUTO
+MEAN_BASELINE = EmbedderName.MEAN_BASELINE
+DEFAULT_RETRIEVER = RetrieverName.DEFAULT
+#: Flag/CLI word for "no retriever" (None in the config).
+NO_RETRIEVER = "none"
+
+
+def _parse_choice(
+    field: str, value: Any, names: type[EmbedderName] | type[RetrieverName]
+) -> EmbedderName | RetrieverName | Path:
+    if isinstance(value, names):
+        return value
+    if isinstance(value, os.PathLike):
+        return Path(value).expanduser()
+    if not isinstance(value, str) or not value.strip():
+        raise LandmarkConfigError(
+            f"{field}={value!r}: expected one of {[n.value for n in names]} or a folder"
+        )
+    text = value.strip()
+    for name in names:
+        if text == name.value:
+            return name
+    return Path(text).expanduser()
+
+
+def parse_embedder(value: str | os.PathLike[str] | EmbedderName) -> EmbedderSetting:
+    """The embedder choice a flag, CLI or JSON value means: 'auto', 'mean-baseline' or a folder."""
+    return _parse_choice("embedder", value, EmbedderName)  # type: ignore[return-value]
+
+
+def parse_retriever(
+    value: str | os.PathLike[str] | RetrieverName | None,
+) -> RetrieverSetting | None:
+    """The retriever choice a flag, CLI or JSON value means: 'default', a folder, or None
+    (also written 'none')."""
+    if value is None or (isinstance(value, str) and value.strip() == NO_RETRIEVER):
+        return None
+    return _parse_choice("retriever", value, RetrieverName)  # type: ignore[return-value]
+
+
+def setting_text(value: EmbedderSetting | RetrieverSetting | None) -> str | None:
+    """A choice in its flag/JSON syntax (the inverse of `parse_embedder`/`parse_retriever`)."""
+    if value is None:
+        return None
+    return value.value if isinstance(value, Enum) else str(value)
+
+
 @dataclass(frozen=True)
 class LandmarkConfig:
-    """Settings of the plugin.
+    """Settings of the plugin (a plain validated value: building one prepares nothing).
 
     budget: cap on the soft tokens one document may take in the prompt. None: no cap, a
         document is read whole whenever the prompt fits the window (see document/planning.py).
@@ -56,13 +120,16 @@ class LandmarkConfig:
         survive a restart. None: files live in memory only.
     file_store_bytes: the most bytes of file text the Files API store holds (all keys).
     max_file_bytes: the largest upload (and chat request body) the server reads, in bytes.
+
+    `embedder` and `retriever` also take their flag syntax ("auto", "mean-baseline",
+    "default", a folder as text); it is parsed once, here, into the typed choice.
     """
 
     budget: int | None = None
     factor: int | None = None
     factors: tuple[int, ...] = ALLOWED_FACTORS
-    embedder: str = AUTO_EMBEDDER
-    retriever: str | None = None
+    embedder: EmbedderSetting = AUTO_EMBEDDER
+    retriever: RetrieverSetting | None = None
     max_document_tokens: int = 1 << 20
     max_document_chars: int = 8 << 20
     output_reserve: int = 256
@@ -72,6 +139,8 @@ class LandmarkConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "factors", tuple(sorted(set(int(k) for k in self.factors))))
+        object.__setattr__(self, "embedder", parse_embedder(self.embedder))
+        object.__setattr__(self, "retriever", parse_retriever(self.retriever))
         self.validate()
 
     def validate(self) -> None:
@@ -104,37 +173,47 @@ class LandmarkConfig:
                 f"file_store_bytes={self.file_store_bytes} and max_file_bytes="
                 f"{self.max_file_bytes} must be positive"
             )
-        if (
-            self.embedder not in (MEAN_BASELINE, AUTO_EMBEDDER)
-            and not Path(self.embedder).expanduser().is_dir()
-        ):
+        if isinstance(self.embedder, Path) and not self.embedder.is_dir():
             raise LandmarkConfigError(
-                f"embedder={self.embedder!r} is neither {AUTO_EMBEDDER!r}, {MEAN_BASELINE!r} "
-                "nor an existing folder"
+                f"embedder={str(self.embedder)!r} is neither {AUTO_EMBEDDER.value!r}, "
+                f"{MEAN_BASELINE.value!r} nor an existing folder"
             )
-        if (
-            self.retriever not in (None, DEFAULT_RETRIEVER)
-            and not Path(self.retriever).expanduser().is_dir()
-        ):
+        if isinstance(self.retriever, Path) and not self.retriever.is_dir():
             raise LandmarkConfigError(
-                f"retriever={self.retriever!r} is neither {DEFAULT_RETRIEVER!r} nor an existing "
-                "folder (BGE-M3 layout expected)"
+                f"retriever={str(self.retriever)!r} is neither {DEFAULT_RETRIEVER.value!r} nor "
+                "an existing folder (BGE-M3 layout expected)"
             )
+
+    def retriever_folder(self) -> Path | None:
+        """The retriever's folder; None without retrieval.
+
+        DEFAULT_RETRIEVER must have been resolved by `with_default_models` (the server, the CLI
+        and `engine_kwargs` do it where they start); an unresolved name is an error here.
+        """
+        if self.retriever is DEFAULT_RETRIEVER:
+            raise LandmarkConfigError(
+                f"retriever={DEFAULT_RETRIEVER.value!r} is not resolved to a folder: call "
+                "LandmarkConfig.with_default_models() where the server starts"
+            )
+        return self.retriever
 
     def with_default_models(self) -> LandmarkConfig:
         """This config with DEFAULT_RETRIEVER replaced by its prepared folder (prepares it once).
 
         Called where the server or the Python API starts, so every vLLM process gets a path.
         """
-        if self.retriever != DEFAULT_RETRIEVER:
+        if self.retriever is not DEFAULT_RETRIEVER:
             return self
         from .default_models import prepare_default_retriever
 
-        return dataclasses.replace(self, retriever=str(prepare_default_retriever()))
+        return dataclasses.replace(self, retriever=prepare_default_retriever())
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """Plain JSON values (choices in their flag syntax); `from_dict` reads them back."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["factors"] = list(self.factors)
+        data["embedder"] = setting_text(self.embedder)
+        data["retriever"] = setting_text(self.retriever)
         return data
 
     @classmethod

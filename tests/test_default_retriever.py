@@ -252,12 +252,13 @@ def test_default_retriever_setting(retriever: Path) -> None:
     from vllm_landmark.patches.cli_flags import add_landmark_arguments, landmark_config_from_args
 
     # The config itself stays a plain value; the name is resolved where the server starts.
-    assert LandmarkConfig(retriever=DEFAULT_RETRIEVER).retriever == DEFAULT_RETRIEVER
+    assert LandmarkConfig(retriever="default").retriever is DEFAULT_RETRIEVER
     resolved = LandmarkConfig(retriever=DEFAULT_RETRIEVER).with_default_models()
-    assert resolved.retriever == str(retriever)
+    assert resolved.retriever == resolved.retriever_folder() == retriever
     parser = add_landmark_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--landmark", "--landmark-retriever", "default"])
     config = landmark_config_from_args(args)
-    assert config.retriever == str(retriever)
+    assert config.retriever == retriever
     # Resolved once: the dict that travels to the engine processes holds the folder.
-    assert LandmarkConfig.from_dict(config.to_dict()).retriever == str(retriever)
+    assert config.to_dict()["retriever"] == str(retriever)
+    assert LandmarkConfig.from_dict(config.to_dict()).retriever == retriever

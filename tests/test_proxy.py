@@ -23,6 +23,7 @@ import openai
 import pytest
 import tiktoken
 
+from vllm_landmark.config import DEFAULT_RETRIEVER
 from vllm_landmark.proxy import ProxyConfig, create_app, select_document
 from vllm_landmark.proxy.selection import SEPARATOR
 from vllm_landmark.proxy.tokenizers import (
@@ -435,7 +436,7 @@ def test_cli_builds_the_proxy_config(monkeypatch: pytest.MonkeyPatch) -> None:
         "tiktoken:o200k_base",
         "sk-test",
     )
-    assert (config.budget, config.retriever, config.model) == (900, "default", None)
+    assert (config.budget, config.retriever, config.model) == (900, DEFAULT_RETRIEVER, None)
     args = build_parser().parse_args(
         [*argv, "--upstream-api-key", "sk-flag", "--retriever", "none", "--upstream-model", "m"]
     )

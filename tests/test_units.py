@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import pickle
 
 import pytest
@@ -11,7 +12,14 @@ import torch
 
 from vllm_landmark.compression.baseline import mean_pool_groups
 from vllm_landmark.compression.factors import DocumentTooLongError, choose_factor, num_soft_tokens
-from vllm_landmark.config import ALLOWED_FACTORS, LandmarkConfig, LandmarkConfigError
+from vllm_landmark.config import (
+    ALLOWED_FACTORS,
+    AUTO_EMBEDDER,
+    DEFAULT_RETRIEVER,
+    MEAN_BASELINE,
+    LandmarkConfig,
+    LandmarkConfigError,
+)
 from vllm_landmark.document.items import DocumentError, normalize_document
 from vllm_landmark.engine import LandmarkHfOverrides
 from vllm_landmark.server.file_parts import decode_file_part
@@ -70,6 +78,32 @@ def test_config_validates_every_setting(tmp_path) -> None:
     assert LandmarkConfig.from_dict(config.to_dict()) == config
     with pytest.raises(LandmarkConfigError, match="output_reserve=-1"):
         LandmarkConfig(output_reserve=-1)
+
+
+def test_embedder_and_retriever_choices_are_typed(tmp_path) -> None:
+    """The flag words and folders given as text become names or Paths, and back to the same
+    JSON that travels in the Hugging Face config (what older configs hold still reads)."""
+    assert (LandmarkConfig().embedder, LandmarkConfig().retriever) == (AUTO_EMBEDDER, None)
+    named = LandmarkConfig(embedder="mean-baseline", retriever=" default ")
+    assert (named.embedder, named.retriever) == (MEAN_BASELINE, DEFAULT_RETRIEVER)
+    folders = LandmarkConfig(embedder=str(tmp_path), retriever=tmp_path)
+    assert folders.embedder == folders.retriever == tmp_path
+    assert folders.retriever_folder() == tmp_path
+    assert LandmarkConfig(retriever="none").retriever is None
+    assert LandmarkConfig().retriever_folder() is None
+    with pytest.raises(LandmarkConfigError, match="not resolved to a folder"):
+        named.retriever_folder()
+    with pytest.raises(LandmarkConfigError, match="embedder=''"):
+        LandmarkConfig(embedder="")
+    with pytest.raises(LandmarkConfigError, match="retriever=3"):
+        LandmarkConfig(retriever=3)
+    assert named.to_dict()["embedder"] == "mean-baseline"
+    assert named.to_dict()["retriever"] == "default"
+    assert folders.to_dict()["embedder"] == folders.to_dict()["retriever"] == str(tmp_path)
+    assert LandmarkConfig().to_dict()["retriever"] is None
+    for config in (named, folders, LandmarkConfig()):
+        data = json.loads(json.dumps(config.to_dict()))
+        assert LandmarkConfig.from_dict(data) == config
 
 
 def test_hf_overrides_wrap_the_architecture_and_survive_pickling() -> None:
@@ -150,9 +184,22 @@ def test_flags_are_validated_at_parse_time(tmp_path) -> None:
         ["--landmark-factors", "1,2,5"],
         ["--landmark-retriever", str(tmp_path / "nope")],
         ["--landmark-embedder", str(tmp_path / "nope")],
+        ["--landmark-embedder", ""],
     ):
         with pytest.raises(argparse.ArgumentError):
             parser.parse_args(["--landmark", *argv])
     with pytest.raises(ValueError, match="without --landmark"):
         landmark_config_from_args(parser.parse_args(["--landmark-budget", "5"]))
     assert landmark_config_from_args(parser.parse_args([])) is None
+    args = parser.parse_args(
+        [
+            "--landmark",
+            "--landmark-embedder",
+            "mean-baseline",
+            "--landmark-retriever",
+            str(tmp_path),
+        ]
+    )
+    assert landmark_config_from_args(args) == LandmarkConfig(
+        embedder=MEAN_BASELINE, retriever=tmp_path
+    )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from eval.longbench.prompts import TokenizerLike
+from vllm_landmark.config import DEFAULT_RETRIEVER, parse_retriever
 from vllm_landmark.retrieval.segment import segment
 
 SPAN_SEPARATOR = "\n...\n"
@@ -127,7 +128,7 @@ class M3SpanRetriever:
             raise RetrieverUnavailable(
                 "retriever 'm3' needs --retriever-model (a BGE-M3 folder, or 'default')"
             )
-        if model_dir == "default":
+        if parse_retriever(model_dir) is DEFAULT_RETRIEVER:
             from vllm_landmark.default_models import prepare_default_retriever
 
             model_dir = str(prepare_default_retriever())

@@ -34,6 +34,7 @@ from typing import Any
 from eval.longbench.pred import main as pred_main
 from eval.suite.generate import parse_lengths
 from eval.suite.score import score_dir
+from vllm_landmark.config import DEFAULT_RETRIEVER, parse_retriever
 
 
 def default_work_dir(name: str) -> Path:
@@ -172,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare = [int(b) for b in args.compare_budgets.split(",") if b]
     budgets = sorted(set(budgets) | set(compare))
     retriever = args.retriever
-    if compare and retriever == "default":
+    if compare and parse_retriever(retriever) is DEFAULT_RETRIEVER:
         from vllm_landmark.default_models import prepare_default_retriever
 
         retriever = str(prepare_default_retriever())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ..config import ALLOWED_FACTORS, AUTO_EMBEDDER, MEAN_BASELINE
+from ..config import ALLOWED_FACTORS, MEAN_BASELINE, EmbedderSetting, parse_embedder
 from ..hf_folders import find_model_folder
 from .embedder_config import EMBEDDER_CONFIG_NAME, EmbedderConfig
 
@@ -46,13 +46,15 @@ def resolve_model_folder(model: str) -> Path | None:
 
 
 @lru_cache(maxsize=16)
-def resolve_embedder(setting: str, model: str) -> EmbedderChoice:
-    """The embedder `setting` means for `model` (see the module docstring)."""
-    mean = EmbedderChoice(MEAN_BASELINE, None, tuple(k for k in ALLOWED_FACTORS if k > 1))
-    if setting == MEAN_BASELINE:
+def resolve_embedder(setting: EmbedderSetting | str, model: str) -> EmbedderChoice:
+    """The embedder `setting` (`LandmarkConfig.embedder`, or its flag syntax) means for
+    `model` (see the module docstring)."""
+    setting = parse_embedder(setting)
+    mean = EmbedderChoice(MEAN_BASELINE.value, None, tuple(k for k in ALLOWED_FACTORS if k > 1))
+    if setting is MEAN_BASELINE:
         return mean
-    if setting != AUTO_EMBEDDER:
-        folder = Path(setting).expanduser()
+    if isinstance(setting, Path):
+        folder = setting.expanduser()
         if not (folder / EMBEDDER_CONFIG_NAME).is_file():
             raise ValueError(f"embedder folder {folder} has no {EMBEDDER_CONFIG_NAME}")
         return EmbedderChoice(folder.name, str(folder), _checkpoint_factors(folder))

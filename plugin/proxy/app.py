@@ -33,7 +33,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..config import LandmarkConfig
+from ..config import DEFAULT_RETRIEVER, LandmarkConfig, RetrieverSetting, parse_retriever
 from ..document.items import DocumentError
 from ..document.planning import share_room
 from ..server.chat_documents import documents_field_to_parts, has_document_parts, last_user_text
@@ -57,8 +57,8 @@ class ProxyConfig:
     model's tokenizer (``tiktoken:<encoding>[=<file>]`` or a folder); ``model``: the model name
     sent upstream (default: the request's own); ``api_key``: sent upstream as a bearer token
     (default: the client's ``Authorization`` header is passed on); ``budget``: upstream tokens
-    for the documents of one request (shared by water-filling); ``retriever``: ``default`` or a
-    BGE-M3-layout folder (None: head and tail instead of retrieval).
+    for the documents of one request (shared by water-filling); ``retriever``: DEFAULT_RETRIEVER or
+    a BGE-M3-layout folder (None: head and tail instead of retrieval).
     """
 
     upstream: str
@@ -67,9 +67,12 @@ class ProxyConfig:
     api_key: str | None = None
     budget: int = DEFAULT_BUDGET
     window_tokens: int = DEFAULT_WINDOW_TOKENS
-    retriever: str | None = "default"
+    retriever: RetrieverSetting | None = DEFAULT_RETRIEVER
     max_document_chars: int = LandmarkConfig.max_document_chars
     timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        self.retriever = parse_retriever(self.retriever)  # also the CLI's words: "default", "none"
 
 
 def _error(message: str) -> Exception:

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _ranker(folder: str) -> Any:
     return SpanRanker(M3Encoder(folder, device=device, quantize=quantize, backend=backend))
 
 
-def get_span_ranker(folder: str) -> Any:
-    """The SpanRanker of a BGE-M3-layout folder (built once, thread-safe)."""
+def get_span_ranker(folder: str | Path) -> Any:
+    """The SpanRanker of a BGE-M3-layout folder (built once per folder, thread-safe)."""
     with _lock:
-        return _ranker(folder)
+        return _ranker(str(Path(folder).expanduser()))

@@ -85,7 +85,7 @@ class FilesService:
         from ..retrieval.service import get_span_ranker
 
         digest = content_hash(text)
-        cache = get_span_ranker(self.config.retriever).cache
+        cache = get_span_ranker(self.config.retriever_folder()).cache
         dropped = cache.discard(lambda key: isinstance(key, tuple) and key[:1] == (digest,))
         if dropped:
             logger.info("landmark files: dropped %d cached encodings of a deleted file", dropped)

@@ -179,8 +179,8 @@ class SpansService:
 
             # The ranker the chat planner uses too: one encoder in memory, one cache, so a
             # question asked here about a document the chat already saw is a cache hit.
-            path = Path(self.config.retriever).expanduser()
-            self.ranker = get_span_ranker(self.config.retriever)
+            path = self.config.retriever_folder()
+            self.ranker = get_span_ranker(path)
             self.retriever_path = path
             logger.info("landmark spans endpoint: retriever %s loaded", path)
 
@@ -193,7 +193,7 @@ class SpansService:
             )
         if request.retriever is not None:
             given = request.retriever.strip()
-            known = {self.retriever_name, str(self.retriever_path), str(self.config.retriever)}
+            known = {self.retriever_name, str(self.retriever_path)}
             try:
                 if Path(given).expanduser().resolve() == self.retriever_path.resolve():
                     known.add(given)
