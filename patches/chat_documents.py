@@ -7,7 +7,9 @@ modalities it does not know; both are module-level functions looked up by name a
 so wrapping them is enough. Before the chat template runs, every document part is parsed and
 tokenized once (`vllm_landmark.server.chat_documents`) and stands in the prompt as its
 marker; the request's `documents` field becomes document parts of the last user message; chat
-responses get the `landmark` block (what the LLM read of each document, and why).
+responses get the `landmark` block (what the LLM read of each document, and why). Under data
+parallelism a chat request with documents names its engine by their content
+(`vllm_landmark.server.affinity`), unless the caller sent `X-data-parallel-rank`.
 Only the API-server process needs it; it is harmless elsewhere.
 """
 
@@ -46,6 +48,11 @@ TARGETS = (
         ("request",),
     ),
     Target("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionResponse"),
+    Target(
+        "vllm.entrypoints.openai.chat_completion.serving",
+        "OpenAIServingChat._get_data_parallel_rank",
+        ("raw_request",),
+    ),
 )
 _APPLIED_FLAG = "_vllm_landmark_patched"
 
@@ -162,6 +169,7 @@ def _wrap_create_chat_completion(original: Any) -> Any:
     async def create_chat_completion(self: Any, request: Any, *args: Any, **kwargs: Any):
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
 
+        from vllm_landmark.server.affinity import routable_ranks
         from vllm_landmark.server.chat_documents import landmark_block, parsed_documents
         from vllm_landmark.server.files_api import has_file_ids, resolve_file_ids
 
@@ -176,6 +184,10 @@ def _wrap_create_chat_completion(original: Any) -> Any:
             except DocumentError as exc:
                 metrics().refuse("file_not_found")
                 return self.create_error_response(_validation_error(str(exc)))
+        if raw_request is not None and _landmark_enabled(self.model_config):
+            ranks = routable_ranks(self.engine_client.vllm_config.parallel_config)
+            if ranks > 1:  # read back by `_get_data_parallel_rank` once the documents are parsed
+                raw_request.state.landmark_affinity = (request, ranks)
         result = await original(self, request, *args, **kwargs)
         documents = parsed_documents(request.messages)
         if not documents:
@@ -191,6 +203,28 @@ def _wrap_create_chat_completion(original: Any) -> Any:
         return result
 
     return create_chat_completion
+
+
+def _wrap_data_parallel_rank(original: Any) -> Any:
+    """The caller's `X-data-parallel-rank` if any, else the engine its documents' content names.
+
+    vLLM reads the rank after rendering the request, so the documents are parsed by then.
+    """
+
+    @functools.wraps(original)
+    def get_data_parallel_rank(raw_request: Any) -> int | None:
+        rank = original(raw_request)
+        affinity = getattr(getattr(raw_request, "state", None), "landmark_affinity", None)
+        if rank is not None or affinity is None:
+            return rank
+        from vllm_landmark.server.affinity import affinity_rank
+        from vllm_landmark.server.chat_documents import parsed_documents
+
+        request, ranks = affinity
+        documents = parsed_documents(request.messages)
+        return affinity_rank([document.token_ids for document in documents], ranks)
+
+    return get_data_parallel_rank
 
 
 async def stream_with_block(stream: Any, block: dict[str, Any]) -> Any:
@@ -232,5 +266,8 @@ def apply() -> None:
     OnlineRenderer.render_chat = _wrap_render_chat_online(OnlineRenderer.render_chat)
     OpenAIServingChat.create_chat_completion = _wrap_create_chat_completion(
         OpenAIServingChat.create_chat_completion
+    )
+    OpenAIServingChat._get_data_parallel_rank = staticmethod(
+        _wrap_data_parallel_rank(OpenAIServingChat._get_data_parallel_rank)
     )
     setattr(chat_utils, _APPLIED_FLAG, True)

@@ -3,18 +3,24 @@
 vLLM spawns one API server per data-parallel rank (or per `--api-server-count`); each builds
 its engine arguments from the parsed flags before any plugin loads, so the plugin's settings
 must travel inside those arguments. Through the real server: a document request is answered,
-and its greedy answer equals the single-engine server's (`tiny_server`, same flags).
+and its greedy answer equals the single-engine server's (`tiny_server`, same flags). Under
+data parallelism, requests carrying the same document go to the engine its content names.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
 from tests.conftest import tiny_server_args
+from vllm_landmark.document.tokens import encode_document
+from vllm_landmark.server.affinity import affinity_rank
 from vllm_landmark.testing.documents import make_document
 from vllm_landmark.testing.server_process import ServerProcess
 
@@ -43,8 +49,12 @@ def parallel_server(request, tiny_server, tiny_model, tmp_path_factory) -> Itera
         os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
 
 
-def answer(server: ServerProcess, model: str, document: str) -> tuple[str, dict]:
-    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+def answer(
+    server: ServerProcess, model: str, document: str, headers: dict[str, str] | None = None
+) -> tuple[str, dict]:
+    client = openai.OpenAI(
+        base_url=server.base_url, api_key="unused", max_retries=0, default_headers=headers
+    )
     response = client.chat.completions.create(
         model=model,
         messages=[
@@ -73,3 +83,38 @@ def test_documents_are_answered_as_on_one_engine(parallel_server, tiny_server, t
         # Several requests, so both engines (or both API servers) take some.
         for _ in range(3):
             assert answer(parallel_server, str(tiny_model), document) == expected
+
+
+def finished_per_engine(server: ServerProcess) -> Counter[str]:
+    """Requests each engine finished so far, from the server's Prometheus metrics."""
+    text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text
+    counts: Counter[str] = Counter()
+    for match in re.finditer(
+        r'^vllm:request_success_total\{engine="(\d+)"[^}]*\} (\S+)$', text, re.M
+    ):
+        counts[match[1]] += int(float(match[2]))
+    return counts
+
+
+def test_same_document_same_engine(parallel_server, tiny_model):
+    if "--data-parallel-size" not in parallel_server.args:
+        pytest.skip("two API servers over one engine: there is no engine to choose")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    engines_used = set()
+    for seed in range(40, 46):
+        document = make_document(tokenizer, 300, seed=seed)
+        expected = str(affinity_rank([encode_document(tokenizer, document)], 2))
+        for _ in range(2):
+            before = finished_per_engine(parallel_server)
+            answer(parallel_server, str(tiny_model), document)
+            moved = finished_per_engine(parallel_server) - before
+            assert moved == Counter({expected: 1}), (seed, moved)
+        engines_used.add(expected)
+    assert engines_used == {"0", "1"}  # the seeds were not picked: 6 documents, both engines
+    # A caller's own X-data-parallel-rank still wins over the document's engine.
+    other = str(1 - int(expected))
+    before = finished_per_engine(parallel_server)
+    answer(parallel_server, str(tiny_model), document, headers={"X-data-parallel-rank": other})
+    assert finished_per_engine(parallel_server) - before == Counter({other: 1})
