@@ -9,9 +9,9 @@ Two levels, both on real parts:
 
 Tolerances: TP=2 sums each attention and MLP output as two partial products (and the LLM does
 the same in its own layers), which reorders float32 additions: relative differences of a few
-1e-7 per sum, growing through the layers. The embedder's soft tokens are compared at 1e-5 and
-the logprobs at 1e-3 nats (a few hundred float32 ulps of a logit in the tens); a wrong shard
-or a missing (or doubled) all-reduce moves both by orders of magnitude more.
+1e-7 per sum, growing through the layers. Measured here: soft tokens 5e-8 apart, logprobs
+2e-6 nats. The soft tokens are compared at 1e-5 and the logprobs at 1e-4 nats, room for other
+CPUs' summation orders; a missing all-reduce moves the soft tokens by 9e-2.
 """
 
 from __future__ import annotations
@@ -186,6 +186,10 @@ def test_heads_not_divisible_by_tp_are_refused() -> None:
 # ------------------------------------------------------------------ the engine at TP=1 and TP=2
 
 QUESTION = "which year was the tower built?"
+two_cores = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2,
+    reason="TP=2 on vLLM's CPU build binds one core per rank (VLLM_CPU_OMP_THREADS_BIND=0|1)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +202,9 @@ def trained_embedder(tp_model: Path, tmp_path_factory: pytest.TempPathFactory) -
     """A real checkpoint of the recipe: the tiny config's 6 steps (LoRA r=4 on 2 layers)."""
     from recipes.embedder.data import prepare
     from recipes.embedder.train import CONFIG_DIR, TrainConfig, Trainer
-    from tests.test_embedder_recipe import _write_documents
+    from vllm_landmark.testing.tiny_llm import write_word_documents
 
-    docs = _write_documents(tmp_path_factory.mktemp("docs"))
+    docs = write_word_documents(tmp_path_factory.mktemp("docs"))
     data = tmp_path_factory.mktemp("prepared")
     sources = [{"name": "synthetic", "kind": "files", "globs": [str(docs / "*.txt")]}]
     prepare(data, tp_model, sources=sources, heldout_permille=250, min_doc_tokens=64)
@@ -300,15 +304,19 @@ def sharded(tp_model: Path, trained_embedder: Path, single: dict) -> dict:
         os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
 
 
+@two_cores
 def test_tp2_engine_answers_as_tp1(single: dict, sharded: dict) -> None:
     assert sharded["prompt"] == single["prompt"]
     assert sharded["tokens"] == single["tokens"]
     for key in ("logprobs", "prompt_logprobs"):
+        gap = (torch.tensor(sharded[key]) - torch.tensor(single[key])).abs().max()
+        print(f"TP=2 vs TP=1 {key}: max difference {float(gap):.3g} nats")  # shown with -s
         torch.testing.assert_close(
-            torch.tensor(sharded[key]), torch.tensor(single[key]), atol=1e-3, rtol=0
+            torch.tensor(sharded[key]), torch.tensor(single[key]), atol=1e-4, rtol=0
         )
 
 
+@two_cores
 def test_each_tp2_rank_holds_half_of_the_embedder(single: dict, sharded: dict) -> None:
     (whole,) = single["ranks"]
     assert [r["rank"] for r in sharded["ranks"]] == [0, 1]
@@ -317,3 +325,5 @@ def test_each_tp2_rank_holds_half_of_the_embedder(single: dict, sharded: dict) -
         assert rank["numel"] == {proj: n // 2 for proj, n in whole["numel"].items()}
         for got, want in zip(rank["soft"], whole["soft"], strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            gap = float((got - want).abs().max())
+            print(f"rank {rank['rank']} soft tokens vs TP=1: max difference {gap:.3g}")
