@@ -1,7 +1,8 @@
 """BGE-M3 encoder: dense, lexical (sparse) and multi-vector (ColBERT) outputs from one forward.
 
 Outputs and scores follow FlagEmbedding 1.4.2 (``BGEM3FlagModel``), the parity reference; their
-definitions are in :mod:`.m3_scores`, the folder's heads, pooling and prompts in :mod:`.m3_folder`.
+definitions are in :mod:`.m3_scores`, the folder's heads, pooling and prompts in :mod:`.m3_folder`,
+the text checks and length limit in :mod:`.m3_text`.
 
 Differences from FlagEmbedding, on purpose:
 
@@ -25,8 +26,6 @@ Differences from FlagEmbedding, on purpose:
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -35,18 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .m3_folder import (
-    HEAD_FILES,
-    linear_from_state,
-    load_head,
-    read_pooling,
-    read_prompts,
-    resolve_folder,
-)
+from .m3_folder import load_heads, read_pooling, read_prompts, resolve_folder
 from .m3_scores import (
     DEFAULT_WEIGHTS,
     M3Output,
     ScoreKey,
+    as_pairs,
     check_weights,
     colbert_score,
     dense_score,
@@ -54,6 +47,8 @@ from .m3_scores import (
     lexical_matching_score,
     pair_scores,
 )
+from .m3_text import clean_text as clean_text
+from .m3_text import max_text_tokens, tokenize_texts
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -66,32 +61,9 @@ __all__ = [
     "lexical_matching_score",
 ]
 
-# Model types whose position ids start after the padding index (RoBERTa family).
-_OFFSET_POSITION_MODELS = {"xlm-roberta", "roberta", "camembert", "xlm-roberta-xl"}
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
 
 class MissingHeadError(RuntimeError):
     """Raised when a sparse or multi-vector output is asked of a folder without that head."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Text checks
-# ----------------------------------------------------------------------------------------------
-
-
-def clean_text(text: str, index: int = 0) -> str:
-    """Check one input text; replace lone surrogates with U+FFFD (pairs become their character).
-
-    Raises ``TypeError`` for non-strings and ``ValueError`` for empty or whitespace-only text.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"text {index} must be a str, got {type(text).__name__}")
-    if _SURROGATE.search(text):
-        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    if not text.strip():
-        raise ValueError(f"text {index} is empty or whitespace only: nothing to encode")
-    return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,37 +120,11 @@ class M3Encoder:
         #: Text prefixes by name, e.g. ``{"query": "query: ", "passage": "passage: "}`` for e5.
         self.prompts: dict[str, str] = read_prompts(self.path)
 
-        missing = []
-        self.sparse_linear: torch.nn.Linear | None = None
-        self.colbert_linear: torch.nn.Linear | None = None
-        sparse_state = load_head(self.path, "sparse_linear")
-        if sparse_state is None:
-            missing.append("sparse_linear")
-        else:
-            self.sparse_linear = linear_from_state(
-                sparse_state, self.hidden_size, 1, "sparse_linear"
-            )
-        colbert_state = load_head(self.path, "colbert_linear")
-        if colbert_state is None:
-            missing.append("colbert_linear")
-        else:
-            self.colbert_linear = linear_from_state(
-                colbert_state, self.hidden_size, None, "colbert_linear"
-            )
+        #: The lexical and multi-vector heads; None where the folder has none (warned).
+        self.sparse_linear, self.colbert_linear = load_heads(self.path, self.hidden_size)
         for head in (self.sparse_linear, self.colbert_linear):
             if head is not None:
                 head.to(device=self.device, dtype=dtype).eval()
-        if missing:
-            lost = {"sparse_linear": "lexical weights", "colbert_linear": "multi-vector output"}
-            files = " / ".join(name for m in missing for name in HEAD_FILES[m])
-            how = "dense-only" if len(missing) == 2 else f"without {missing[0]}"
-            warnings.warn(
-                f"BGE-M3 folder {self.path} has no {files}: loaded {how}; "
-                f"{' and '.join(lost[m] for m in missing)} unavailable (asking for them raises "
-                "MissingHeadError)",
-                UserWarning,
-                stacklevel=2,
-            )
 
         # Ids whose lexical weight is always dropped (same set as FlagEmbedding).
         tok = self.tokenizer
@@ -191,14 +137,8 @@ class M3Encoder:
             raise ValueError(f"the tokenizer in {self.path} has no pad token")
         self.pad_token_id: int = tok.pad_token_id
 
-        limit = config.max_position_embeddings
-        if config.model_type in _OFFSET_POSITION_MODELS:
-            limit -= (config.pad_token_id or 0) + 1
-        tok_limit = getattr(tok, "model_max_length", None)
-        if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
-            limit = min(limit, tok_limit)
         #: The most tokens (special tokens included) the encoder takes in one text.
-        self.max_length: int = int(limit)
+        self.max_length: int = max_text_tokens(config, tok)
 
         #: ``None`` (float, exact) or ``"int8"`` (:mod:`.quantize`, CPU only, faster).
         self.quantize: str | None = quantize
@@ -249,28 +189,15 @@ class M3Encoder:
         prompt_name: str | None = None,
     ) -> list[list[int]]:
         """Checked token ids (with special tokens) of each text; see :meth:`encode`."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if len(texts) == 0:
-            raise ValueError("no texts to encode")
-        limit = self.max_length if max_length is None else int(max_length)
-        if not 2 < limit <= self.max_length:
-            raise ValueError(f"max_length must be in 3..{self.max_length}, got {limit}")
-        cleaned = [clean_text(t, i) for i, t in enumerate(texts)]
         prompt = self.prompts.get(prompt_name, "") if prompt_name is not None else ""
-        if prompt:
-            cleaned = [prompt + t for t in cleaned]
-        kwargs: dict[str, Any] = {"truncation": True, "max_length": limit} if truncation else {}
-        ids: list[list[int]] = self.tokenizer(
-            cleaned, add_special_tokens=True, return_attention_mask=False, verbose=False, **kwargs
-        )["input_ids"]
-        for i, row in enumerate(ids):
-            if len(row) > limit:
-                raise ValueError(
-                    f"text {i} has {len(row)} tokens, more than max_length={limit} "
-                    f"(encoder limit {self.max_length}); shorten it or pass truncation=True"
-                )
-        return ids
+        return tokenize_texts(
+            self.tokenizer,
+            texts,
+            self.max_length,
+            max_length=max_length,
+            truncation=truncation,
+            prompt=prompt,
+        )
 
     def _batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
         """Indices grouped longest first, each batch within batch_size and max_batch_tokens."""
@@ -419,36 +346,22 @@ class M3Encoder:
         Queries take the folder's ``"query"`` prompt and passages its ``"passage"`` prompt, if any.
         """
         weights = check_weights(weights)
-        # As in FlagEmbedding, two strings (tuple or list) are one pair.
-        single = (
-            isinstance(pairs, (tuple, list))
-            and len(pairs) == 2
-            and all(isinstance(x, str) for x in pairs)
-        )
-        pair_list = [pairs] if single else list(pairs)
-        if not pair_list:
-            raise ValueError("no pairs to score")
-        for i, pair in enumerate(pair_list):
-            if isinstance(pair, str) or len(pair) != 2:
-                raise ValueError(f"pair {i} must be (query, passage), got {pair!r:.80}")
+        pair_list, single = as_pairs(pairs)
         if not (self.has_sparse and self.has_colbert):
             raise MissingHeadError(
                 f"compute_score needs both heads (sparse_linear and colbert_linear), {self.path} "
                 "is dense-only; use encode() and dense_score() instead"
             )
-        q = self.encode(
-            [p[0] for p in pair_list],
-            max_length=max_query_length,
-            truncation=True,
-            batch_size=batch_size,
-            prompt_name="query",
-        )
-        p = self.encode(
-            [p[1] for p in pair_list],
-            max_length=max_passage_length,
-            truncation=True,
-            batch_size=batch_size,
-            prompt_name="passage",
+        sides = ((0, max_query_length, "query"), (1, max_passage_length, "passage"))
+        q, p = (
+            self.encode(
+                [pair[side] for pair in pair_list],
+                max_length=limit,
+                truncation=True,
+                batch_size=batch_size,
+                prompt_name=prompt,
+            )
+            for side, limit, prompt in sides
         )
         out = pair_scores(q, p, weights)
         if single:

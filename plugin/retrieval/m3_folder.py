@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,9 @@ HEAD_FILES: dict[str, tuple[str, ...]] = {
     "sparse_linear": ("sparse_linear.pt", "sparse_linear.safetensors"),
     "colbert_linear": ("colbert_linear.pt", "colbert_linear.safetensors"),
 }
+
+#: What each head gives, for the warning about a missing one.
+HEAD_OUTPUTS = {"sparse_linear": "lexical weights", "colbert_linear": "multi-vector output"}
 
 #: sentence-transformers files read for the pooling mode and the prompts (both optional).
 POOLING_FILE = "1_Pooling/config.json"
@@ -71,6 +75,34 @@ def linear_from_state(
     linear = torch.nn.Linear(in_features, weight.shape[0], bias="bias" in state)
     linear.load_state_dict(state)
     return linear
+
+
+def load_heads(
+    folder: Path, hidden_size: int
+) -> tuple[torch.nn.Linear | None, torch.nn.Linear | None]:
+    """The (sparse_linear, colbert_linear) heads of a folder, None for each one it lacks.
+
+    A missing head is a warning naming what is lost (the encoder then raises MissingHeadError
+    when that output is asked for); heads are never made up at random.
+    """
+    heads: list[torch.nn.Linear | None] = []
+    missing: list[str] = []
+    for name, rows in (("sparse_linear", 1), ("colbert_linear", None)):
+        state = load_head(folder, name)
+        if state is None:
+            missing.append(name)
+        heads.append(None if state is None else linear_from_state(state, hidden_size, rows, name))
+    if missing:
+        files = " / ".join(name for m in missing for name in HEAD_FILES[m])
+        how = "dense-only" if len(missing) == 2 else f"without {missing[0]}"
+        warnings.warn(
+            f"BGE-M3 folder {folder} has no {files}: loaded {how}; "
+            f"{' and '.join(HEAD_OUTPUTS[m] for m in missing)} unavailable (asking for them "
+            "raises MissingHeadError)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return heads[0], heads[1]
 
 
 def read_pooling(folder: Path) -> Literal["cls", "mean"]:

@@ -138,3 +138,23 @@ def pair_scores(
             (w_colbert * c + w_sparse * s + w_dense * d) / (w_dense + w_sparse + w_colbert)
         )
     return out
+
+
+def as_pairs(pairs: Any) -> tuple[list[Sequence[str]], bool]:
+    """(query, passage) pairs as a list, and whether one pair was given as two strings.
+
+    As in FlagEmbedding, two strings (tuple or list) are one pair; anything else is a sequence
+    of pairs. ValueError for no pairs or a pair that is not two items.
+    """
+    single = (
+        isinstance(pairs, (tuple, list))
+        and len(pairs) == 2
+        and all(isinstance(x, str) for x in pairs)
+    )
+    pair_list = [pairs] if single else list(pairs)
+    if not pair_list:
+        raise ValueError("no pairs to score")
+    for i, pair in enumerate(pair_list):
+        if isinstance(pair, str) or len(pair) != 2:
+            raise ValueError(f"pair {i} must be (query, passage), got {pair!r:.80}")
+    return pair_list, single

@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vllm_landmark.hf_folders import find_model_folder
-from vllm_landmark.retrieval.m3 import HEAD_FILES, M3Encoder
+from vllm_landmark.retrieval.m3 import M3Encoder
+from vllm_landmark.retrieval.m3_folder import HEAD_FILES
 
 from .config import M3TrainConfig
 
