@@ -37,6 +37,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from eval.chat_stream import stream_chat
+
 PLAIN_TEXT = "hello, how are you today?"
 
 
@@ -51,28 +53,11 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def one_request(client: Any, model: str, content: Any, max_tokens: int) -> dict[str, Any]:
     """One streaming chat request: time to first token and end to end (or the error)."""
-    started = time.perf_counter()
-    first = None
     try:
-        stream = client.chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": content}],
-            max_tokens=max_tokens,
-            temperature=0.0,
-            stream=True,
-            extra_body={"ignore_eos": True},
-        )
-        for chunk in stream:
-            if first is None and chunk.choices and chunk.choices[0].delta.content:
-                first = time.perf_counter()
+        answer = stream_chat(client, model, content, max_tokens)
     except Exception as exc:  # noqa: BLE001 - a lost request is a result, not a crash
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
-    ended = time.perf_counter()
-    return {
-        "ok": True,
-        "ttft_s": round((first or ended) - started, 3),
-        "e2e_s": round(ended - started, 3),
-    }
+    return {"ok": True, "ttft_s": round(answer.ttft_s, 3), "e2e_s": round(answer.e2e_s, 3)}
 
 
 class HealthProbe:

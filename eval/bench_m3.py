@@ -153,34 +153,18 @@ def build_bge_m3_shape(folder: Path) -> Path:
     """A random model of BGE-M3's real shape in its folder layout (built once)."""
     if (folder / "colbert_linear.pt").is_file():
         return folder
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaModel
-
-    from vllm_landmark.testing.tiny_m3 import build_tokenizer
+    from vllm_landmark.testing.tiny_m3 import build_tiny_m3
 
     tmp = folder.with_name(folder.name + ".partial")
-    build_tokenizer(tmp)
-    config = XLMRobertaConfig(
-        vocab_size=250002,
+    build_tiny_m3(
+        tmp,
         hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
+        num_layers=24,
+        num_heads=16,
         intermediate_size=4096,
-        max_position_embeddings=8194,
-        type_vocab_size=1,
-        layer_norm_eps=1e-5,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        architectures=["XLMRobertaModel"],
+        model_vocab_size=250002,
+        colbert_dim=1024,
     )
-    torch.manual_seed(0)
-    XLMRobertaModel(config).eval().save_pretrained(tmp)
-    for name, out_features in (("sparse_linear", 1), ("colbert_linear", 1024)):
-        linear = torch.nn.Linear(1024, out_features)
-        torch.save(
-            {k: v.detach().clone() for k, v in linear.state_dict().items()}, tmp / f"{name}.pt"
-        )
     tmp.rename(folder)
     return folder
 

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.chat_stream import stream_chat
 from eval.suite.run import default_work_dir
 
 QUESTION = "In one sentence, what is the document above about?"
@@ -105,38 +106,15 @@ def make_documents(tokenizer: Any, length: int, count: int, seed: int) -> list[s
 
 def stream_one(client: Any, model: str, content: Any, max_tokens: int) -> dict[str, Any]:
     """One streaming chat request; timings, token counts and the landmark block."""
-    started = time.perf_counter()
-    first = None
-    usage = None
-    landmark = None
-    stream = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": content}],
-        max_tokens=max_tokens,
-        temperature=0.0,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
-    )
-    for chunk in stream:
-        if first is None and chunk.choices and chunk.choices[0].delta.content:
-            first = time.perf_counter()
-        if chunk.usage is not None:
-            usage = chunk.usage
-        extra = chunk.model_extra or {}
-        if extra.get("landmark"):
-            landmark = extra["landmark"]
-    ended = time.perf_counter()
-    tokens = usage.completion_tokens if usage else None
-    first = first or ended
-    decode = (tokens - 1) / (ended - first) if tokens and tokens > 1 and ended > first else None
+    answer = stream_chat(client, model, content, max_tokens)
+    usage = answer.usage
     return {
-        "ttft_s": first - started,
-        "e2e_s": ended - started,
-        "decode_tok_s": decode,
+        "ttft_s": answer.ttft_s,
+        "e2e_s": answer.e2e_s,
+        "decode_tok_s": answer.decode_tokens_per_s,
         "prompt_tokens": usage.prompt_tokens if usage else None,
-        "completion_tokens": tokens,
-        "injected_document_tokens": (landmark or {}).get("injected_document_tokens"),
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "injected_document_tokens": (answer.landmark or {}).get("injected_document_tokens"),
     }
 
 

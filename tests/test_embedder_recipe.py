@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +18,12 @@ from recipes.embedder.data import (
 )
 from recipes.embedder.train import CONFIG_DIR, TrainConfig, Trainer
 from vllm_landmark.compression.embedder import ExtensibleEmbedder
-from vllm_landmark.testing.tiny_llm import _CORPUS_WORDS
-
-WORDS = [w for w in _CORPUS_WORDS if w.isalpha()]
-
-
-def _write_documents(folder: Path, count: int = 24) -> Path:
-    """Prose-like files of sentences with numbers, in the tiny tokenizer's vocabulary."""
-    rng = random.Random(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        sentences = []
-        for _ in range(rng.randint(30, 60)):
-            words = [rng.choice(WORDS) for _ in range(rng.randint(8, 16))]
-            words.insert(rng.randint(1, len(words) - 1), str(rng.randint(10, 1999)))
-            sentences.append(" ".join(words).capitalize() + ".")
-        (folder / f"doc{index:02d}.txt").write_text(" ".join(sentences))
-    return folder
+from vllm_landmark.testing.tiny_llm import write_word_documents
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
-    docs = _write_documents(tmp_path_factory.mktemp("docs"))
+    docs = write_word_documents(tmp_path_factory.mktemp("docs"))
     out = tmp_path_factory.mktemp("prepared")
     sources = [{"name": "synthetic", "kind": "files", "globs": [str(docs / "*.txt")]}]
     prepare(out, tiny_model, sources=sources, heldout_permille=250, min_doc_tokens=64)

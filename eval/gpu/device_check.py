@@ -81,30 +81,17 @@ def make_base(expected: dict) -> tuple[Path, dict]:
     return folder, info
 
 
-def _write_documents(folder: Path, words: list[str], count: int = 24) -> None:
-    """Like tests/test_embedder_recipe.py: prose-like files in the tiny tokenizer's words."""
-    rng = random.Random(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        sentences = []
-        for _ in range(rng.randint(30, 60)):
-            chosen = [rng.choice(words) for _ in range(rng.randint(8, 16))]
-            chosen.insert(rng.randint(1, len(chosen) - 1), str(rng.randint(10, 1999)))
-            sentences.append(" ".join(chosen).capitalize() + ".")
-        (folder / f"doc{index:02d}.txt").write_text(" ".join(sentences))
-
-
 def tiny_recipe(device: str, scratch: Path) -> dict:
     """tiny.json on a tiny random Llama on `device`: run, reload, same soft tokens."""
     from recipes.embedder.data import prepare
     from recipes.embedder.train import CONFIG_DIR, TrainConfig, Trainer
     from vllm_landmark.compression.embedder import ExtensibleEmbedder
-    from vllm_landmark.testing.tiny_llm import _CORPUS_WORDS, build_tiny_llama
+    from vllm_landmark.testing.tiny_llm import build_tiny_llama, write_word_documents
 
     started = time.monotonic()
     model = build_tiny_llama(scratch / "tiny-llama")
     docs = scratch / "docs"
-    _write_documents(docs, [w for w in _CORPUS_WORDS if w.isalpha()])
+    write_word_documents(docs)
     data = scratch / "data"
     sources = [{"name": "synthetic", "kind": "files", "globs": [str(docs / "*.txt")]}]
     prepare(data, model, sources=sources, heldout_permille=250, min_doc_tokens=64)

@@ -118,6 +118,24 @@ def _corpus() -> list[str]:
     return lines
 
 
+def write_word_documents(folder: Path, count: int = 24) -> Path:
+    """Prose-like files of sentences with numbers, in the tiny tokenizer's words (the embedder
+    recipe's training documents in tests and the device check)."""
+    import random
+
+    words = [w for w in _CORPUS_WORDS if w.isalpha()]
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        sentences = []
+        for _ in range(rng.randint(30, 60)):
+            chosen = [rng.choice(words) for _ in range(rng.randint(8, 16))]
+            chosen.insert(rng.randint(1, len(chosen) - 1), str(rng.randint(10, 1999)))
+            sentences.append(" ".join(chosen).capitalize() + ".")
+        (folder / f"doc{index:02d}.txt").write_text(" ".join(sentences))
+    return folder
+
+
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 
 

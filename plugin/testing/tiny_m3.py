@@ -155,6 +155,8 @@ def build_tiny_m3(
     max_position_embeddings: int = 8194,
     vocab_size: int = 1500,
     colbert_dim: int | None = None,
+    intermediate_size: int | None = None,
+    model_vocab_size: int | None = None,
     with_heads: bool = True,
     heads_format: str = "pt",
     seed: int = 0,
@@ -164,6 +166,8 @@ def build_tiny_m3(
     ``max_position_embeddings`` follows XLM-R (positions start after the padding index), so the
     encoder takes at most ``max_position_embeddings - 2`` tokens. ``heads_format`` is ``"pt"``
     (like the real model) or ``"safetensors"``; ``with_heads=False`` gives a dense-only folder.
+    ``intermediate_size`` defaults to twice the hidden size, ``model_vocab_size`` (embedding
+    rows) to the tokenizer's vocabulary; both are for models of a real shape (benchmarks).
     """
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
@@ -171,11 +175,11 @@ def build_tiny_m3(
     build_tokenizer(out, vocab_size=vocab_size, seed=seed)
     n_vocab = len(json.loads((out / "tokenizer.json").read_text())["model"]["vocab"])
     config = XLMRobertaConfig(
-        vocab_size=n_vocab,
+        vocab_size=model_vocab_size or n_vocab,
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
         max_position_embeddings=max_position_embeddings,
         type_vocab_size=1,
         layer_norm_eps=1e-5,
