@@ -12,7 +12,8 @@ A chat ``file`` part ``{"type": "file", "file": {"file_id": "file-..."}}`` reads
 text (``resolve_file_ids``). With ``--api-key``, each key sees only its own files: another
 key's file id is "not found" everywhere. Uploads are read with a byte limit
 (``--landmark-max-file-bytes``): a larger body is refused with a 413 before it is read, and
-reading one upload never blocks other requests (it is streamed on the event loop).
+reading one upload never blocks other requests (it is streamed on the event loop). The body
+limits are :mod:`.body_limit`'s.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import LandmarkConfig
 from ..document.items import DocumentError, check_document_text
+from .body_limit import BodyLimitMiddleware, BodyTooLarge, body_limit, read_limited
 from .chat_documents import replace_parts
+from .errors import openai_error
 from .file_parts import TEXT_MEDIA_TYPES, TEXT_SUFFIXES
 from .file_store import FileNotFound, FileStore, StoredFile, StoreFull, owner_of
 from .metrics import metrics, watch_file_store
@@ -54,8 +56,6 @@ PURPOSES = ("user_data", "assistants")
 MULTIPART_OVERHEAD = 64 << 10
 #: An upload must arrive within this many seconds.
 UPLOAD_TIMEOUT_S = 300.0
-#: Request bodies checked by BodyLimitMiddleware (chat requests may carry file_data).
-LIMITED_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
 class FilesService:
@@ -91,46 +91,16 @@ class FilesService:
             logger.info("landmark files: dropped %d cached encodings of a deleted file", dropped)
 
 
-def _error(status: HTTPStatus, message: str, param: str | None = None) -> JSONResponse:
-    """An error in OpenAI's (and vLLM's) format."""
-    body = {
-        "error": {
-            "message": message,
-            "type": status.phrase.replace(" ", "") + "Error",
-            "param": param,
-            "code": status.value,
-        }
-    }
-    return JSONResponse(body, status_code=status.value)
-
-
 def _service(request: Request) -> FilesService | None:
     return getattr(request.app.state, STATE_KEY, None)
 
 
 def _not_initialised() -> JSONResponse:
-    return _error(HTTPStatus.NOT_FOUND, "the Files API is not enabled on this server")
+    return openai_error(HTTPStatus.NOT_FOUND, "the Files API is not enabled on this server")
 
 
 def _not_found(file_id: str) -> JSONResponse:
-    return _error(HTTPStatus.NOT_FOUND, f"no file with id {file_id!r:.80}", "file_id")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The request body, or _TooLarge as soon as it is over ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _TooLarge
-    return bytes(body)
+    return openai_error(HTTPStatus.NOT_FOUND, f"no file with id {file_id!r:.80}", "file_id")
 
 
 async def _parse_upload(request: Request, body: bytes) -> tuple[str, bytes, str, str]:
@@ -182,39 +152,41 @@ async def create_file(raw_request: Request) -> Response:
     limit = service.config.max_file_bytes
     try:
         body = await asyncio.wait_for(
-            _read_limited(raw_request, limit + MULTIPART_OVERHEAD), UPLOAD_TIMEOUT_S
+            read_limited(raw_request, limit + MULTIPART_OVERHEAD), UPLOAD_TIMEOUT_S
         )
         filename, content, content_type, purpose = await _parse_upload(raw_request, body)
-    except _TooLarge:
+    except BodyTooLarge:
         meter.refuse("too_large")
-        return _error(
+        return openai_error(
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             f"the upload is larger than {limit} bytes (--landmark-max-file-bytes)",
             "file",
         )
     except TimeoutError:
         meter.refuse("bad_upload")
-        return _error(HTTPStatus.REQUEST_TIMEOUT, f"the upload took over {UPLOAD_TIMEOUT_S} s")
+        return openai_error(
+            HTTPStatus.REQUEST_TIMEOUT, f"the upload took over {UPLOAD_TIMEOUT_S} s"
+        )
     except ValueError as exc:
         meter.refuse("bad_upload")
-        return _error(HTTPStatus.BAD_REQUEST, str(exc))
+        return openai_error(HTTPStatus.BAD_REQUEST, str(exc))
     if len(content) > limit:
         meter.refuse("too_large")
-        return _error(
+        return openai_error(
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             f"the file has {len(content)} bytes, over {limit} (--landmark-max-file-bytes)",
             "file",
         )
     if purpose not in PURPOSES:
         meter.refuse("bad_upload")
-        return _error(
+        return openai_error(
             HTTPStatus.BAD_REQUEST,
             f"purpose {purpose!r:.40} is not supported; use one of {', '.join(PURPOSES)}",
             "purpose",
         )
     if not _is_text(filename, content_type):
         meter.refuse("unsupported_media_type")
-        return _error(
+        return openai_error(
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
             f"only text files can be documents ({', '.join(TEXT_MEDIA_TYPES[:2])}, or a name "
             f"ending in {', '.join(TEXT_SUFFIXES)}); got {content_type or '(none)'!r:.60}",
@@ -224,21 +196,21 @@ async def create_file(raw_request: Request) -> Response:
         text = check_document_text(content.decode("utf-8"), service.config)
     except UnicodeDecodeError as exc:
         meter.refuse("unsupported_media_type")
-        return _error(
+        return openai_error(
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
             f"the file is not UTF-8 text (byte {exc.start} cannot be decoded)",
             "file",
         )
     except DocumentError as exc:
         meter.refuse("invalid_document")
-        return _error(HTTPStatus.BAD_REQUEST, str(exc), "file")
+        return openai_error(HTTPStatus.BAD_REQUEST, str(exc), "file")
     try:
         stored = await asyncio.to_thread(
             service.store.add, service.owner(raw_request), text, filename[:255], purpose
         )
     except StoreFull as exc:
         meter.refuse("store_full")
-        return _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc), "file")
+        return openai_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc), "file")
     return JSONResponse(stored.openai_object())
 
 
@@ -361,57 +333,6 @@ def resolve_file_ids(messages: list[Any], raw_request: Request) -> list[Any]:
         return {"type": "document", "document": {"text": text}}
 
     return replace_parts(messages, resolve)
-
-
-# ----------------------------------------------------------------------------------------------
-# Body limit for chat requests
-# ----------------------------------------------------------------------------------------------
-
-
-class BodyLimitMiddleware:
-    """Refuse chat and completion bodies over ``max_bytes`` before reading them.
-
-    A declared Content-Length over the limit gets a 413 at once; a chunked body is counted as
-    it arrives and the request is treated as disconnected once it goes over.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith(LIMITED_PATHS):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length", b"").decode("latin-1")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            metrics().refuse("too_large")
-            response = _error(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"the request body is larger than {self.max_bytes} bytes "
-                "(set by --landmark-max-file-bytes)",
-            )
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    metrics().refuse("too_large")
-                    return {"type": "http.disconnect"}
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-def body_limit(config: LandmarkConfig) -> int:
-    """The largest chat body: a base64 file of max_file_bytes plus 1 MiB of JSON."""
-    return config.max_file_bytes * 4 // 3 + (1 << 20)
 
 
 def attach(app: FastAPI, config: LandmarkConfig | None) -> None:
