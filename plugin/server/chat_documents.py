@@ -34,7 +34,7 @@ def _limit_retrieval_threads() -> None:
     """Leave a CPU engine in another process at least half the cores.
 
     Measured on 2 vCPU (eval/RESULTS.md, "Mixed load"): two retrievals with torch's default
-    threads starved the engine, and plain requests sent meanwhile took 9-35 s instead of 1.5 s.
+    threads starved the engine, and plain requests sent meanwhile waited many times longer.
     One retrieval at a time on half the cores served plain requests at once and the documents
     no later. torch's thread count is set in the retrieval thread itself.
     """
