@@ -6,8 +6,8 @@
 Starts ``landmark serve`` with ``--data-parallel-size DP`` (default: the prepared SmolLM2,
 float32, 8,192-token window, ``--enable-prompt-tokens-details``; on the CPU build each engine
 is bound to its own core) unless ``--base-url`` names a running server. Then, for each of
-``--documents`` pairs of distinct copies of the bundled 7.4K-token document, two questions
-about the first copy and two about the second, one request at a time:
+``--documents`` pairs of distinct copies of the bundled document (4.4K SmolLM2 tokens), two
+questions about the first copy and two about the second, one request at a time:
 
 * ``affinity``: the copy travels as a ``document`` part. It fits the window, so the plugin
   pastes it into the prompt (token-identical to pasting the text yourself) and names the
@@ -94,6 +94,37 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         "same_engine": sum(p["first"]["engine"] == p["second"]["engine"] for p in pairs),
         "engines": dict(Counter(p["first"]["engine"] for p in pairs)),
     }
+
+
+def report_section(data: dict[str, Any], name: str) -> str:
+    """Markdown for eval/RESULTS.md (``eval.report`` calls it for bench_affinity*.json)."""
+    out = [
+        f"## Document affinity under data parallelism (`{name}`)",
+        "",
+        f"{data['dp']} engines ({data['cpus']} vCPU), {data['documents']} document pairs (copies"
+        " of the bundled document, read whole), two questions each, one request at a"
+        " time; load average at the end "
+        + ", ".join(f"{x:.1f}" for x in data["load_average"])
+        + ".",
+        *[f"{note}." for note in data.get("notes", [])],
+        "",
+        "| arm | 1st question TTFT p50 (s) | 2nd question TTFT p50 (s) | 2nd: cached / prompt "
+        "tokens (mean) | 2nd on the 1st's engine | 1st questions per engine |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, row in data["summary"].items():
+        out.append(
+            f"| {arm} | {row['first_ttft_median_s']} | {row['second_ttft_median_s']} | "
+            f"{row['second_cached_tokens_mean']} / {row['second_prompt_tokens_mean']} | "
+            f"{row['same_engine']} of {row['pairs']} | {row['engines']} |"
+        )
+    out += [
+        "",
+        "Second-question TTFT, load-balanced / affinity: "
+        f"x{data['second_ttft_load_balanced_over_affinity']}. See `python -m eval.bench_affinity`.",
+        "",
+    ]
+    return "\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

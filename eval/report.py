@@ -519,6 +519,10 @@ def build(results: Path) -> str:
         data = json.loads(path.read_text())
         if data.get("kind") == "load":
             parts.append(load_section(data, path.name))
+    for path in sorted(results.glob("bench_affinity*.json")):
+        from eval.bench_affinity import report_section
+
+        parts.append(report_section(json.loads(path.read_text()), path.name))
     speed = retriever_speed_section(results)
     if speed:
         parts.append(speed)
