@@ -17,7 +17,6 @@ CPUs' summation orders; a missing all-reduce moves the soft tokens by 9e-2.
 from __future__ import annotations
 
 import gc
-import json
 import os
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from vllm_landmark.compression.tensor_parallel import (
 )
 from vllm_landmark.testing.documents import make_document
 from vllm_landmark.testing.server_process import free_port
-from vllm_landmark.testing.tiny_llm import build_tiny_llama
+from vllm_landmark.testing.tiny_llm import build_tiny_llama, save_tiny_decoder
 
 SPAN_LENGTHS = (37, 64, 5, 130)
 SPAN_FACTORS = (2, 4, 8, 4)
@@ -50,37 +49,9 @@ def build_multihead_llama(
 
     build_tiny_llama(folder)  # tokenizer and chat template; the weights are replaced below
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=heads * 32,
-        intermediate_size=heads * 64,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=32,
-        max_position_embeddings=2048,
-        rope_theta=10000.0,
-        attention_bias=bias,
-        mlp_bias=bias,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        torch_dtype="float32",
+    return save_tiny_decoder(
+        folder, tokenizer, seed=seed, heads=heads, kv_heads=kv_heads, bias=bias
     )
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)  # clear greedy margins, as tiny_llm does
-        if bias:  # random biases, so a bias added twice (or never) would show
-            for name, param in model.named_parameters():
-                if name.endswith(".bias"):
-                    param.normal_(0, 0.1)
-    model.save_pretrained(folder, safe_serialization=True)
-    data = json.loads((folder / "config.json").read_text())
-    data.setdefault("rope_theta", 10000.0)
-    (folder / "config.json").write_text(json.dumps(data, indent=2))
-    return folder
 
 
 def lora_checkpoint(base: Path, out: Path) -> Path:

@@ -190,8 +190,15 @@ def save_tiny_decoder(
     seed: int = 0,
     max_position_embeddings: int = 2048,
     architecture: str = "llama",
+    heads: int = 2,
+    kv_heads: int = 1,
+    bias: bool = False,
 ) -> Path:
-    """Random weights of a 2-layer decoder for `tokenizer`'s vocabulary, saved into `folder`."""
+    """Random weights of a 2-layer decoder for `tokenizer`'s vocabulary, saved into `folder`.
+
+    `heads` attention heads of 32 (vLLM's CPU attention), `kv_heads` key/value heads; `bias`
+    (Llama only) gives every projection a random bias, so a bias added twice or never shows.
+    """
     import torch
     import transformers
 
@@ -202,11 +209,11 @@ def save_tiny_decoder(
     }[architecture]
     config = config_class(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=heads * 32,
+        intermediate_size=heads * 64,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         head_dim=32,
         max_position_embeddings=max_position_embeddings,
         rope_theta=10000.0,
@@ -215,11 +222,16 @@ def save_tiny_decoder(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
         torch_dtype="float32",
+        **({"attention_bias": True, "mlp_bias": True} if bias else {}),
     )
     torch.manual_seed(seed)
     model = model_class(config)
     with torch.no_grad():  # larger logits margins make greedy decoding robust to float noise
         model.lm_head.weight.mul_(8.0)
+        if bias:
+            for name, param in model.named_parameters():
+                if name.endswith(".bias"):
+                    param.normal_(0, 0.1)
     model.save_pretrained(folder, safe_serialization=True)
     data = json.loads((folder / "config.json").read_text())
     data.setdefault("rope_theta", 10000.0)
