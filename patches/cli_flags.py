@@ -151,9 +151,11 @@ def _path(value: str) -> str:
     return str(Path(value).expanduser())
 
 
-def _choice(parse: Callable[[str], Any], value: str) -> Any:
-    """A typed embedder/retriever choice (`parse` is the config's parser); folders must exist."""
-    from vllm_landmark.config import LandmarkConfigError
+def _choice(parse: Callable[[str], Any], value: str) -> str | None:
+    """An embedder/retriever choice checked by the config's parser (folders must exist), kept
+    as text in the parsed arguments (vLLM logs them and hands them to the processes it spawns);
+    LandmarkConfig parses it into the typed value."""
+    from vllm_landmark.config import LandmarkConfigError, setting_text
 
     try:
         setting = parse(value)
@@ -161,16 +163,16 @@ def _choice(parse: Callable[[str], Any], value: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     if isinstance(setting, Path):
         _folder(str(setting))
-    return setting
+    return setting_text(setting)
 
 
-def _embedder(value: str) -> Any:
+def _embedder(value: str) -> str | None:
     from vllm_landmark.config import parse_embedder
 
     return _choice(parse_embedder, value)
 
 
-def _retriever(value: str) -> Any:
+def _retriever(value: str) -> str | None:
     from vllm_landmark.config import parse_retriever
 
     return _choice(parse_retriever, value)

@@ -200,6 +200,8 @@ def test_flags_are_validated_at_parse_time(tmp_path) -> None:
             str(tmp_path),
         ]
     )
+    # The parsed arguments hold text (vLLM logs them and hands them to spawned processes).
+    assert (args.landmark_embedder, args.landmark_retriever) == ("mean-baseline", str(tmp_path))
     assert landmark_config_from_args(args) == LandmarkConfig(
         embedder=MEAN_BASELINE, retriever=tmp_path
     )
