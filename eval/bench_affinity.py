@@ -30,13 +30,13 @@ import os
 import re
 import statistics
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from eval.bench_load import documents
+from eval.chat_stream import stream_chat
 
 FINISHED = re.compile(r'^vllm:request_success_total\{engine="(\d+)"[^}]*\} (\S+)$', re.M)
 
@@ -55,28 +55,12 @@ def finished_per_engine(root_url: str) -> Counter[str]:
 def ask(client: Any, model: str, root_url: str, content: Any, max_tokens: int) -> dict[str, Any]:
     """One streaming request: TTFT, cached prompt tokens, and the engine that finished it."""
     before = finished_per_engine(root_url)
-    started = time.perf_counter()
-    first = None
-    usage = None
-    stream = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": content}],
-        max_tokens=max_tokens,
-        temperature=0.0,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
-    )
-    for chunk in stream:
-        if first is None and chunk.choices and chunk.choices[0].delta.content:
-            first = time.perf_counter()
-        if chunk.usage is not None:
-            usage = chunk.usage
-    ended = time.perf_counter()
+    answer = stream_chat(client, model, content, max_tokens)
     moved = finished_per_engine(root_url) - before
+    usage = answer.usage
     details = getattr(usage, "prompt_tokens_details", None)
     return {
-        "ttft_s": round((first or ended) - started, 3),
+        "ttft_s": round(answer.ttft_s, 3),
         "prompt_tokens": usage.prompt_tokens if usage else None,
         "cached_tokens": getattr(details, "cached_tokens", None) or 0,
         "engine": next(iter(moved)) if len(moved) == 1 else None,
