@@ -7,16 +7,19 @@ SmolLM2 tokens); the retriever is the default one (multilingual-e5-small + train
 Modes, timed alternately (so a load change on a shared machine hits all alike); the fastest
 of ``--runs`` counts (the run least slowed by other work; the median is kept too):
 
-* ``float32``: the exact path (FlagEmbedding's arithmetic), windows overlapping by a quarter;
-* ``int8``: :mod:`vllm_landmark.retrieval.quantize` (what the server uses on the CPU);
-* ``int8, overlap 1/8``: int8 with half the window overlap (fewer windows);
-* ``int8, every linear layer``: the feed-forward outputs quantized too (not used: less exact).
+* ``float32``: the torch forward, the FlagEmbedding-parity path, windows overlapping by a
+  quarter (the server's CPU default before ONNX Runtime);
+* ``onnx``: the same float32 forward on ONNX Runtime (:mod:`vllm_landmark.retrieval.
+  onnx_encoder`, the server's CPU default when onnxruntime is installed);
+* ``onnx, overlap 1/8``: ONNX Runtime with half the window overlap (fewer windows);
+* ``int8``: :mod:`vllm_landmark.retrieval.quantize` (opt-in, ``LANDMARK_RETRIEVER_QUANTIZE``);
+* ``int8, every linear layer`` (``--all-modes`` only): feed-forward outputs quantized too.
 
 Each mode is timed on :func:`~vllm_landmark.retrieval.encoding.encode_document` (the pass
 over the document) and on a whole first question (``score_all_spans``, no cache). Rankings:
 for a few questions, the overlap of the 10 best sentences with float32's and whether the best
 sentence is the same (compared by text: the document repeats itself). Writes
-``eval/results/bench_retriever.json``.
+``eval/results/bench_retriever.json`` (``--out`` to keep an earlier run).
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ def main() -> None:
     parser.add_argument("--document-tokens", type=int, default=7600)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_retriever.json"))
+    parser.add_argument("--all-modes", action="store_true", help="also int8 on every layer")
+    parser.add_argument(
+        "--no-int8", action="store_true", help="skip the int8 modes (less memory and time)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -77,20 +84,25 @@ def main() -> None:
     )
     folder = str(prepare_default_retriever())
     fp32 = M3Encoder(folder)
-    int8 = M3Encoder(folder, quantize="int8")
-    every = copy.copy(fp32)  # for comparison: the feed-forward outputs quantized too
-    every.model = quantize_int8(copy.deepcopy(fp32.model), keep=lambda name: False)
-    every.quantize = "int8-every-linear"
+    onnx = M3Encoder(folder, backend="onnx")
+    eighth = (fp32.max_length - 3) // 8
     modes: dict[str, tuple[M3Encoder, int | None]] = {
         "float32": (fp32, None),
-        "int8": (int8, None),
-        "int8, overlap 1/8": (int8, (fp32.max_length - 3) // 8),
-        "int8, every linear layer": (every, None),
+        "onnx": (onnx, None),
+        "onnx, overlap 1/8": (onnx, eighth),
     }
+    if not args.no_int8:
+        modes["int8"] = (M3Encoder(folder, quantize="int8"), None)
+    if args.all_modes and not args.no_int8:
+        every = copy.copy(fp32)  # for comparison: the feed-forward outputs quantized too
+        every.model = quantize_int8(copy.deepcopy(fp32.model), keep=lambda name: False)
+        every.quantize = "int8-every-linear"
+        modes["int8, every linear layer"] = (every, None)
     encode_s: dict[str, list[float]] = {m: [] for m in modes}
     question_s: dict[str, list[float]] = {m: [] for m in modes}
     num_tokens = 0
     windows: dict[str, int] = {}
+    multi_vectors: dict[str, np.ndarray | None] = {}
     for _ in range(args.runs):
         for name, (encoder, overlap) in modes.items():
             started = time.perf_counter()
@@ -98,6 +110,7 @@ def main() -> None:
             encode_s[name].append(time.perf_counter() - started)
             num_tokens = encoding.num_tokens
             windows[name] = len(encoding.windows)
+            multi_vectors[name] = encoding.colbert
             ranker = SpanRanker(encoder, overlap=overlap)
             started = time.perf_counter()
             ranker.score_all_spans(document, QUESTIONS[0])
@@ -131,6 +144,12 @@ def main() -> None:
             "first_question_s": round(statistics.median(question_s[name]), 3),
             "windows": windows[name],
             **rankings[name],
+            # Same windows as float32: how far its multi-vectors are from float32's.
+            "colbert_max_abs_diff": (
+                float(np.abs(multi_vectors[name] - multi_vectors["float32"]).max())
+                if windows[name] == windows["float32"] and multi_vectors[name] is not None
+                else None
+            ),
         }
         for name in modes
     }

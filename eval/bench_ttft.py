@@ -79,13 +79,18 @@ def embedder_cost_per_1k(model: str, config, tokenizer, document: str, runs: int
 
 
 def retriever_mode(config) -> dict | None:
-    """Where and how the planner's retriever runs (device, quantization)."""
+    """Where and how the planner's retriever runs (device, quantization, runtime)."""
     if not config.retriever:
         return None
-    from vllm_landmark.retrieval.service import retriever_device, retriever_quantize
+    from vllm_landmark.retrieval.service import (
+        retriever_backend,
+        retriever_device,
+        retriever_quantize,
+    )
 
     device = retriever_device()
-    return {"device": device, "quantize": retriever_quantize(device)}
+    quantize = retriever_quantize(device)
+    return {"device": device, "quantize": quantize, "backend": retriever_backend(device, quantize)}
 
 
 def timed(llm, messages, params) -> float:

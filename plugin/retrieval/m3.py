@@ -82,6 +82,9 @@ class M3Encoder:
     for the missing output raises :class:`MissingHeadError` (heads are never made up at random).
     :attr:`pooling` (``"cls"`` or ``"mean"``) and :attr:`prompts` come from the folder's
     sentence-transformers files when it has them (see the module docstring).
+    ``backend="onnx"`` runs the encoder forward on ONNX Runtime (:mod:`.onnx_encoder`, float32,
+    CPU; outputs equal torch's to float32 rounding); the default ``"torch"`` is the path the
+    FlagEmbedding parity tests check.
     """
 
     def __init__(
