@@ -174,6 +174,9 @@ class OnnxEncoderModel:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = self.threads or torch.get_num_threads()
                 options.inter_op_num_threads = 1
+                # Idle threads sleep instead of spinning: on a shared CPU (the engine, other
+                # requests) spinning took cores from others and was slower here too.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 self._session = ort.InferenceSession(
                     str(self.path), options, providers=["CPUExecutionProvider"]
