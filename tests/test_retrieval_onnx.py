@@ -58,6 +58,7 @@ def test_export_is_optimized_and_cached(folder: Path, encoders: tuple[M3Encoder,
 
     path = encoders[1].model.path
     assert path.is_file() and path.name == "encoder.onnx"
+    assert path.with_name("encoder.onnx.data").is_file()  # weights as external data
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"Attention", "SkipLayerNormalization"} <= ops, sorted(ops)  # fused, not raw
     again = M3Encoder(folder, backend="onnx")
@@ -143,3 +144,26 @@ def test_without_onnxruntime(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     monkeypatch.setenv(BACKEND_ENV, "onnx")
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         retriever_backend("cpu", None)
+
+
+def test_failed_export_falls_back_to_torch(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    # A failing export cannot be produced with a real folder that torch loads, so the export
+    # function is replaced by one that raises (the only stand-in in this file).
+    from vllm_landmark.retrieval import onnx_encoder, service
+
+    def broken(folder: Path, out: Path) -> Path:
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setenv("VLLM_LANDMARK_CACHE", str(tmp_path))  # nothing cached there
+    monkeypatch.setattr(onnx_encoder, "export_encoder", broken)
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    monkeypatch.delenv(QUANTIZE_ENV, raising=False)
+    with caplog.at_level("WARNING"):
+        ranker = service._ranker.__wrapped__(str(folder))
+    assert ranker.encoder.backend == "torch"
+    assert "runs in torch instead" in caplog.text
+    monkeypatch.setenv(BACKEND_ENV, "onnx")  # asked for explicitly: the error is not hidden
+    with pytest.raises(RuntimeError, match="exporter broke"):
+        service._ranker.__wrapped__(str(folder))

@@ -92,8 +92,9 @@ class _LastHidden(torch.nn.Module):
 def export_encoder(folder: str | Path, out: Path) -> Path:
     """Export ``folder``'s encoder (float32) to an optimized ONNX file at ``out``.
 
-    Written to a temporary file in ``out``'s folder and renamed into place, so a concurrent
-    reader never sees half a file.
+    The weights go to ``out`` + ``.data`` beside it (ONNX external data: no 2 GB protobuf limit,
+    so BGE-M3's 2.3 GB encoder fits too). Both are written in a temporary sibling folder that
+    is renamed to ``out``'s folder, so a concurrent reader never sees half an export.
     """
     from onnxruntime.transformers.optimizer import optimize_model
     from transformers import AutoModel
@@ -110,9 +111,11 @@ def export_encoder(folder: str | Path, out: Path) -> Path:
     mask[1, 5:] = 0
     ids[1, 5:] = config.pad_token_id or 0
     axes = {0: "batch", 1: "sequence"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        raw = Path(tmp) / "raw.onnx"
+    entry = out.parent
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".export-") as tmp:
+        raw = Path(tmp) / "raw" / "raw.onnx"
+        raw.parent.mkdir()
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")  # tracer and legacy-exporter notices
             torch.onnx.export(
@@ -133,9 +136,14 @@ def export_encoder(folder: str | Path, out: Path) -> Path:
             hidden_size=config.hidden_size,
             opt_level=0,  # the graph fusions only; the session applies its own at load
         )
-        part = Path(tmp) / "encoder.onnx"
-        optimized.save_model_to_file(str(part))
-        os.replace(part, out)
+        built = Path(tmp) / "entry"
+        built.mkdir()
+        optimized.save_model_to_file(str(built / out.name), use_external_data_format=True)
+        try:
+            os.replace(built, entry)
+        except OSError:
+            if not out.is_file():  # not another process's finished export: a real error
+                raise
     return out
 
 

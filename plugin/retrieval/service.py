@@ -87,7 +87,19 @@ def _ranker(folder: str) -> Any:
     device = retriever_device()
     quantize = retriever_quantize(device)
     backend = retriever_backend(device, quantize)
-    return SpanRanker(M3Encoder(folder, device=device, quantize=quantize, backend=backend))
+    try:
+        encoder = M3Encoder(folder, device=device, quantize=quantize, backend=backend)
+    except Exception:
+        if backend != "onnx" or os.environ.get(BACKEND_ENV, "").strip():
+            raise
+        # The default choice must not cost a working retriever: the torch forward still runs.
+        logger.warning(
+            "exporting the retriever %s to ONNX failed; it runs in torch instead",
+            folder,
+            exc_info=True,
+        )
+        encoder = M3Encoder(folder, device=device, quantize=quantize, backend="torch")
+    return SpanRanker(encoder)
 
 
 def get_span_ranker(folder: str | Path) -> Any:
