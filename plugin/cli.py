@@ -46,7 +46,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.what in ("all", "llm"):
         print(prepare_default_llm(force=args.force))
     if args.what in ("all", "retriever"):
-        print(prepare_default_retriever(force=args.force))
+        folder = prepare_default_retriever(force=args.force)
+        print(folder)
+        from .retrieval.service import retriever_backend, retriever_device, retriever_quantize
+
+        device = retriever_device()
+        if retriever_backend(device, retriever_quantize(device)) == "onnx":
+            from .retrieval.onnx_encoder import ensure_export
+
+            # Made now rather than on the server's first document request (it takes a while).
+            print(ensure_export(folder))
     return 0
 
 
