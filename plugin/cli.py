@@ -111,6 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .compression.choice import resolve_embedder
     from .config import LandmarkConfig
     from .default_models import prepare_default_llm
+    from .document.marker import filler_token_id
     from .engine import engine_kwargs
 
     console = Console()
@@ -152,16 +153,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     answer = output.outputs[0].text.strip()
     tokenizer = llm.get_tokenizer()
     raw_tokens = len(tokenizer.encode(document, add_special_tokens=False))
-    # The prompt without the document (parts are joined with "\n"): the rest is the document.
+    # Soft-token positions hold the filler id (a special token for SmolLM2, so text never
+    # does); the text around the document (parts are joined with "\n") may hold it too.
+    filler = filler_token_id(tokenizer)
     text_only = [{"role": "user", "content": "\n" + messages[0]["content"][1]["text"]}]
     text_ids = tokenizer.apply_chat_template(text_only, tokenize=True, add_generation_prompt=True)
-    if isinstance(text_ids, dict):
+    if hasattr(text_ids, "keys"):  # a BatchEncoding (transformers 5), not a list of ids
         text_ids = text_ids["input_ids"]
-    injected = len(output.prompt_token_ids) - len(text_ids)
+    injected = list(output.prompt_token_ids).count(filler) - list(text_ids).count(filler)
     console.print(f"[bold]Question:[/bold] {question}")
     console.print(f"[bold]Answer:[/bold] {answer}")
+    read = f"injected as {injected} soft tokens" if injected else "read whole as text"
     console.print(
-        f"document: {raw_tokens} tokens, injected as {injected} soft tokens "
+        f"document: {raw_tokens} tokens, {read} "
         f"(k>1 embedder: {resolve_embedder(config.embedder, model).name}); "
         f"prompt {len(output.prompt_token_ids)} tokens; "
         f"answered in {elapsed:.1f} s"

@@ -1,8 +1,9 @@
-"""The demo's compressed path: retrieval plans the bundled document, the trained embedder reads it.
+"""The demo's planned path: the retriever plans the bundled document for the question.
 
 A real command (`landmark demo`) on the real default models (SmolLM2 + the bundled retriever and
-embedder): the 4,351-token document gets 1,024 soft tokens and the answer must still name the
-designer, a fact stated once in the middle of the document.
+embedder): the 4,351-token document gets at most 1,024 soft tokens (windows around the best
+spans at k=1; the shipped embedder's factors are off by its factor check) and the answer must
+still name the designer, a fact stated once in the middle of the document.
 """
 
 from __future__ import annotations

@@ -126,3 +126,40 @@ def test_record_is_read_through_the_config_reader(tmp_path: Path) -> None:
         EmbedderConfig.from_dict(
             {**data, "factor_help": {**EIGHT_AND_SIXTEEN_DO_NOT_HELP, "splits": inverted}}
         )
+
+
+@pytest.mark.parametrize("record", [None, "none-help"], ids=["all-factors", "no-factor-helps"])
+def test_retriever_plan_is_the_measured_window_arm(tiny_model, tmp_path: Path, record) -> None:
+    """The server plans a scored document exactly as the held-out QA arm that was measured:
+    ``win-t512`` (windows in 3/4 of the room, the gaps compressed at the helpful factors), or
+    ``win-t512-drop`` (windows fill the room) when no factor helps."""
+    from transformers import AutoTokenizer
+
+    from eval.suite.arms import DocumentView, plan_arm
+
+    none_help = {
+        "metric": "answer log-prob / token",
+        "decided_on": "dev",
+        "splits": {
+            "dev": {
+                str(k): {"mean": -0.1, "low": -0.3, "high": 0.1, "n": 20} for k in (2, 4, 8, 16, 32)
+            }
+        },
+    }
+    embedder = checkpoint(tmp_path / "ckpt", none_help if record else None)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    planner = DocumentPlanner(LandmarkConfig(), tokenizer, 4096, embedder)
+    arm = "win-t512-drop" if record else "win-t512"
+    rng = random.Random(1)
+    for n in (1500, 3000, 6000):
+        for budget in (200, 700, 1000):
+            bounds = tuple((a, min(n, a + rng.randint(8, 60))) for a in range(0, n, 60))
+            values = tuple(rng.random() for _ in bounds)
+            doc = ParsedDocument(token_ids=tuple([7] * n), marker=DOCUMENT_MARKER)
+            doc.scores = SpanScores(bounds, values)
+            planned = planner.plan([doc], [0], 48, max_output_tokens=4096 - 48 - budget)[0]
+            view = DocumentView([7] * n, [], list(bounds), list(values), (0, 1), (0, 1))
+            expected = plan_arm(arm, view, budget, 0.75)
+            assert [list(t) for t in planned.plan.as_triples()] == expected, (n, budget)
+            assert planned.selection == "retriever"
+            assert planned.plan.soft_tokens <= budget

@@ -15,7 +15,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from vllm_landmark.compression.planner import plan_spans
+from vllm_landmark.compression.windows import landmark_windows_plan
+from vllm_landmark.config import ALLOWED_FACTORS
 from vllm_landmark.testing.documents import make_document
 from vllm_landmark.testing.server_process import ServerProcess
 from vllm_landmark.testing.tiny_m3 import build_tiny_m3
@@ -51,7 +52,9 @@ def _expected_plan(retriever: Path, document: str, question: str, tokenizer):
         for (a, b), v in zip(scores.llm_token_offsets.tolist(), scores.score.tolist(), strict=True)
         if b > a
     ]
-    return plan_spans(bounds, values, BUDGET)
+    num_tokens = len(tokenizer.encode(document, add_special_tokens=False))
+    # Windows around the best spans at k=1, the gaps at the mean baseline's factors.
+    return landmark_windows_plan(bounds, values, num_tokens, BUDGET, ALLOWED_FACTORS)
 
 
 def test_server_plan_equals_the_planner_on_the_retriever_scores(

@@ -48,6 +48,7 @@ from eval.longbench.retrieval import (
 from eval.suite.qa import word_count
 from vllm_landmark.compression.planner import plan_spans
 from vllm_landmark.compression.windows import (
+    landmark_windows_plan,
     paragraph_token_bounds,
     select_windows,
     windows_plan,
@@ -213,15 +214,25 @@ def plan_arm(
     size = int(match["size"])
     rest = match["rest"]
     paragraphs = view.paragraphs if match["kind"] == "p" else None
-    if rest in ("drop", "only"):
-        factors = ()
-    elif match["k"] is not None:
-        factors = (int(match["k"]),)
-    # Nothing to compress at (no factor helps): the windows take the whole budget.
-    whole = rest == "drop" or (rest is None and not factors)
-    raw_budget = budget if whole else int(budget * raw_share)
-    windows = select_windows(view.spans, view.scores, raw_budget, size, paragraphs, n)
-    plan = windows_plan(windows, view.spans, view.scores, n, budget, factors)
+    if rest == "only":  # the windows of win-tN alone: their share of the budget, no gaps
+        raw_budget = int(budget * raw_share)
+        windows = select_windows(view.spans, view.scores, raw_budget, size, paragraphs, n)
+        plan = windows_plan(windows, view.spans, view.scores, n, budget, ())
+    else:  # the server's rule; no factor to compress at: the windows take the whole budget
+        if rest == "drop":
+            factors = ()
+        elif match["k"] is not None:
+            factors = (int(match["k"]),)
+        plan = landmark_windows_plan(
+            view.spans,
+            view.scores,
+            n,
+            budget,
+            factors,
+            window_tokens=size,
+            raw_share=raw_share,
+            paragraphs=paragraphs,
+        )
     return [list(t) for t in plan.as_triples()]
 
 

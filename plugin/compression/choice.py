@@ -75,3 +75,16 @@ def resolve_embedder(setting: EmbedderSetting | str, model: str) -> EmbedderChoi
         model,
     )
     return NO_EMBEDDER
+
+
+def planning_factors(embedder: EmbedderChoice) -> tuple[int, ...]:
+    """The k>1 factors the planner may choose for ``embedder``.
+
+    A checkpoint's :meth:`EmbedderConfig.planning_factors` (only those its ``factor_help``
+    record shows to help, or all it was trained for without a record); the untrained baseline,
+    "none" and a choice made without a config file (`resolve_embedder` always checks for one)
+    keep their own list.
+    """
+    if embedder.path is None or not (Path(embedder.path) / EMBEDDER_CONFIG_NAME).is_file():
+        return embedder.factors
+    return EmbedderConfig.from_folder(embedder.path).planning_factors()

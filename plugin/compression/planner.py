@@ -147,3 +147,13 @@ def plan_spans(
             f"the shortest span needs {min(cost(i, len(ladder) - 1) for i in range(len(bounds)))}"
         )
     return Plan(tuple(merged))
+
+
+def head_and_tail(num_tokens: int, share: int) -> Plan:
+    """The first and last tokens of a document at k=1, `share` tokens in all (middle left out)."""
+    head = -(-share // 2)
+    tail = share - head
+    spans = [PlannedSpan(0, head, 1)]
+    if tail:
+        spans.append(PlannedSpan(num_tokens - tail, num_tokens, 1))
+    return Plan(tuple(spans))

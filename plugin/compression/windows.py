@@ -201,6 +201,37 @@ def windows_plan(
     return Plan(tuple(merged))
 
 
+#: The planner's window size: token windows of 512 around the best spans, chosen on the QA
+#: dev split among token and paragraph windows of 128-1,024 (eval/RESULTS.md, real-text QA).
+WINDOW_TOKENS = 512
+#: With factors to compress at, the windows take this share of the budget and the gaps between
+#: them the rest; with none, the windows take the whole budget.
+RAW_SHARE = 0.75
+
+
+def landmark_windows_plan(
+    spans: Sequence[Bounds],
+    scores: Sequence[float],
+    num_tokens: int,
+    budget: int,
+    factors: Sequence[int] = (),
+    *,
+    window_tokens: int = WINDOW_TOKENS,
+    raw_share: float = RAW_SHARE,
+    paragraphs: Sequence[Bounds] | None = None,
+) -> Plan:
+    """The retriever-guided plan: windows around the best spans at k=1, then the gaps.
+
+    ``factors``: the k>1 factors the gaps may be compressed at (an embedder's helpful ones);
+    none: the windows fill ``budget`` and everything else is dropped. ``paragraphs``: grow
+    windows to paragraphs that fit (see :func:`select_windows`).
+    """
+    compress = tuple(k for k in factors if k > 1)
+    raw_budget = int(budget * raw_share) if compress else budget
+    windows = select_windows(spans, scores, raw_budget, window_tokens, paragraphs, num_tokens)
+    return windows_plan(windows, spans, scores, num_tokens, budget, compress)
+
+
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 
 

@@ -12,11 +12,12 @@ request's `max_tokens`, else `LandmarkConfig.output_reserve`) <= `max_model_len`
 room left (window - text - reserve) is shared between the documents by water-filling: every
 document gets the same share, a document shorter than its share keeps all of it at k=1 and
 gives the rest back to the others. `--landmark-budget` caps each document's share. A document
-over its share is planned into it: with a retriever, the spans that best match the question
-stay raw (k=1) and the rest is compressed (only with a trained embedder, at the factors its
-checkpoint records as helping: `planning_factors`) or left out; without
-one, the middle of the document goes first (head and tail are kept, as LongBench's middle
-truncation does), compressed with a trained embedder or left out without one.
+over its share is planned into it: with a retriever, windows around the spans that best match
+the question stay raw (k=1, `compression.windows.landmark_windows_plan`) and the gaps between
+them are compressed (only with a trained embedder, at the factors its checkpoint records as
+helping: `planning_factors`) or left out; without one, the middle of the document goes first
+(head and tail are kept, as LongBench's middle truncation does), compressed with a trained
+embedder or left out without one.
 """
 
 from __future__ import annotations
@@ -26,13 +27,19 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-from ..compression.choice import EmbedderChoice
-from ..compression.embedder_config import EMBEDDER_CONFIG_NAME, EmbedderConfig
+from ..compression.choice import EmbedderChoice, planning_factors
 from ..compression.factors import DocumentTooLongError, choose_factor, num_soft_tokens
-from ..compression.planner import Plan, PlanError, PlannedSpan, plan_spans, uniform_plan
+from ..compression.planner import (
+    Plan,
+    PlanError,
+    PlannedSpan,
+    head_and_tail,
+    plan_spans,
+    uniform_plan,
+)
+from ..compression.windows import landmark_windows_plan
 from ..config import LandmarkConfig
 from .items import DocumentError
 from .marker import SegmentTokenizer
@@ -145,29 +152,6 @@ def position_scores(num_tokens: int) -> SpanScores:
     middle = num_tokens / 2
     values = tuple(abs((start + end) / 2 - middle) for start, end in bounds)
     return SpanScores(bounds, values)
-
-
-def head_and_tail(num_tokens: int, share: int) -> Plan:
-    """The first and last tokens of a document at k=1, `share` tokens in all (middle left out)."""
-    head = -(-share // 2)
-    tail = share - head
-    spans = [PlannedSpan(0, head, 1)]
-    if tail:
-        spans.append(PlannedSpan(num_tokens - tail, num_tokens, 1))
-    return Plan(tuple(spans))
-
-
-def planning_factors(embedder: EmbedderChoice) -> tuple[int, ...]:
-    """The k>1 factors the planner may choose for ``embedder``.
-
-    A checkpoint's :meth:`EmbedderConfig.planning_factors` (only those its ``factor_help``
-    record shows to help, or all it was trained for without a record); the untrained baseline,
-    "none" and a choice made without a config file (`resolve_embedder` always checks for one)
-    keep their own list.
-    """
-    if embedder.path is None or not (Path(embedder.path) / EMBEDDER_CONFIG_NAME).is_file():
-        return embedder.factors
-    return EmbedderConfig.from_folder(embedder.path).planning_factors()
 
 
 class DocumentPlanner:
@@ -370,21 +354,25 @@ class DocumentPlanner:
                 return uniform_plan(n, factor), "uniform"
         if document.scores is None and self.config.retriever:
             self.add_scores(document)
-        if document.scores is not None:
-            scores, selection = document.scores, "retriever"
-        else:
+        try:
+            if document.scores is not None:  # windows around the best spans, then the gaps
+                scores = document.scores
+                plan = landmark_windows_plan(
+                    scores.bounds, scores.values, n, share, self.plan_factors
+                )
+                return plan, "retriever"
             compress = [k for k in self.plan_factors if k > 1]
-            if compress and self.config.factor is None:
+            if not compress:
+                return head_and_tail(n, share), "position"
+            if self.config.factor is None:
                 try:
                     factor = choose_factor(n, share, self.config, factors=self.plan_factors)
                     return uniform_plan(n, factor), "uniform"
                 except DocumentTooLongError:
                     pass
-            if not compress:
-                return head_and_tail(n, share), "position"
-            scores, selection = position_scores(n), "position"
-        try:
-            return plan_spans(scores.bounds, scores.values, share, self.plan_factors), selection
+            positions = position_scores(n)
+            plan = plan_spans(positions.bounds, positions.values, share, self.plan_factors)
+            return plan, "position"
         except PlanError as exc:
             raise DocumentError(str(exc)) from exc
 
