@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 from collections import Counter
@@ -37,19 +36,7 @@ from typing import Any
 
 from eval.bench_load import documents
 from eval.chat_stream import stream_chat
-
-FINISHED = re.compile(r'^vllm:request_success_total\{engine="(\d+)"[^}]*\} (\S+)$', re.M)
-
-
-def finished_per_engine(root_url: str) -> Counter[str]:
-    """Requests each engine has finished, from the server's Prometheus metrics."""
-    import httpx
-
-    text = httpx.get(root_url + "/metrics", timeout=60).text
-    counts: Counter[str] = Counter()
-    for engine, value in FINISHED.findall(text):
-        counts[engine] += int(float(value))
-    return counts
+from vllm_landmark.testing.server_process import finished_per_engine
 
 
 def ask(client: Any, model: str, root_url: str, content: Any, max_tokens: int) -> dict[str, Any]:

@@ -10,11 +10,9 @@ data parallelism, requests carrying the same document go to the engine its conte
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator
 
-import httpx
 import openai
 import pytest
 
@@ -22,7 +20,7 @@ from tests.conftest import tiny_server_args
 from vllm_landmark.document.tokens import encode_document
 from vllm_landmark.server.affinity import affinity_rank
 from vllm_landmark.testing.documents import make_document
-from vllm_landmark.testing.server_process import ServerProcess
+from vllm_landmark.testing.server_process import ServerProcess, finished_per_engine
 
 pytestmark = pytest.mark.server
 QUESTION = "what did the keeper write in the record?"
@@ -85,36 +83,26 @@ def test_documents_are_answered_as_on_one_engine(parallel_server, tiny_server, t
             assert answer(parallel_server, str(tiny_model), document) == expected
 
 
-def finished_per_engine(server: ServerProcess) -> Counter[str]:
-    """Requests each engine finished so far, from the server's Prometheus metrics."""
-    text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text
-    counts: Counter[str] = Counter()
-    for match in re.finditer(
-        r'^vllm:request_success_total\{engine="(\d+)"[^}]*\} (\S+)$', text, re.M
-    ):
-        counts[match[1]] += int(float(match[2]))
-    return counts
-
-
 def test_same_document_same_engine(parallel_server, tiny_model):
     if "--data-parallel-size" not in parallel_server.args:
         pytest.skip("two API servers over one engine: there is no engine to choose")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    root = parallel_server.base_url.removesuffix("/v1")
     engines_used = set()
     for seed in range(40, 46):
         document = make_document(tokenizer, 300, seed=seed)
         expected = str(affinity_rank([encode_document(tokenizer, document)], 2))
         for _ in range(2):
-            before = finished_per_engine(parallel_server)
+            before = finished_per_engine(root)
             answer(parallel_server, str(tiny_model), document)
-            moved = finished_per_engine(parallel_server) - before
+            moved = finished_per_engine(root) - before
             assert moved == Counter({expected: 1}), (seed, moved)
         engines_used.add(expected)
     assert engines_used == {"0", "1"}  # the seeds were not picked: 6 documents, both engines
     # A caller's own X-data-parallel-rank still wins over the document's engine.
     other = str(1 - int(expected))
-    before = finished_per_engine(parallel_server)
+    before = finished_per_engine(root)
     answer(parallel_server, str(tiny_model), document, headers={"X-data-parallel-rank": other})
-    assert finished_per_engine(parallel_server) - before == Counter({other: 1})
+    assert finished_per_engine(root) - before == Counter({other: 1})

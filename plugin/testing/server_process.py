@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
+
+_FINISHED = re.compile(r'^vllm:request_success_total\{engine="(\d+)"[^}]*\} (\S+)$', re.M)
+
+
+def finished_per_engine(root_url: str) -> Counter[str]:
+    """Requests each data-parallel engine of the server at ``root_url`` has finished so far
+    (its Prometheus metrics, summed over finish reasons)."""
+    text = httpx.get(root_url + "/metrics", timeout=60).text
+    counts: Counter[str] = Counter()
+    for engine, value in _FINISHED.findall(text):
+        counts[engine] += int(float(value))
+    return counts
 
 
 def free_port() -> int:
