@@ -82,15 +82,9 @@ def retriever_mode(config) -> dict | None:
     """Where and how the planner's retriever runs (device, quantization, runtime)."""
     if not config.retriever:
         return None
-    from vllm_landmark.retrieval.service import (
-        retriever_backend,
-        retriever_device,
-        retriever_quantize,
-    )
+    from vllm_landmark.retrieval.service import retriever_mode
 
-    device = retriever_device()
-    quantize = retriever_quantize(device)
-    return {"device": device, "quantize": quantize, "backend": retriever_backend(device, quantize)}
+    return retriever_mode()._asdict()
 
 
 def timed(llm, messages, params) -> float:

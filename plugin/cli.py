@@ -48,10 +48,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.what in ("all", "retriever"):
         folder = prepare_default_retriever(force=args.force)
         print(folder)
-        from .retrieval.service import retriever_backend, retriever_device, retriever_quantize
+        from .retrieval.service import retriever_mode
 
-        device = retriever_device()
-        if retriever_backend(device, retriever_quantize(device)) == "onnx":
+        if retriever_mode().backend == "onnx":
             from .retrieval.onnx_encoder import ensure_export
 
             # Made now rather than on the server's first document request (it takes a while).

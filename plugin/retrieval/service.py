@@ -20,7 +20,7 @@ import os
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -79,14 +79,27 @@ def retriever_backend(device: str, quantize: str | None) -> str:
     return "onnx"
 
 
+class RetrieverMode(NamedTuple):
+    """Where and how this process runs the retriever."""
+
+    device: str
+    quantize: str | None
+    backend: str
+
+
+def retriever_mode() -> RetrieverMode:
+    """This process's device, quantization and runtime for the retriever (env and hardware)."""
+    device = retriever_device()
+    quantize = retriever_quantize(device)
+    return RetrieverMode(device, quantize, retriever_backend(device, quantize))
+
+
 @lru_cache(maxsize=4)
 def _ranker(folder: str) -> Any:
     from .m3 import M3Encoder
     from .spans import SpanRanker
 
-    device = retriever_device()
-    quantize = retriever_quantize(device)
-    backend = retriever_backend(device, quantize)
+    device, quantize, backend = retriever_mode()
     try:
         encoder = M3Encoder(folder, device=device, quantize=quantize, backend=backend)
     except Exception:
