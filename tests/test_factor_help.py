@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_landmark.compression.choice import EmbedderChoice
+from vllm_landmark.compression.choice import EmbedderChoice, resolve_embedder
 from vllm_landmark.compression.embedder_config import (
     EMBEDDER_CONFIG_NAME,
     EmbedderConfig,
@@ -52,7 +52,7 @@ def checkpoint(folder: Path, record: dict | None) -> EmbedderChoice:
         data["factor_help"] = record
     folder.mkdir()
     (folder / EMBEDDER_CONFIG_NAME).write_text(json.dumps(data))
-    return EmbedderChoice(folder.name, str(folder), EmbedderConfig.from_folder(folder).factors)
+    return resolve_embedder(str(folder), "unused-model")  # the server's path to a checkpoint
 
 
 def factors_chosen(embedder: EmbedderChoice, tokenizer, scored: bool) -> set[int]:

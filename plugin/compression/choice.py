@@ -29,15 +29,24 @@ class EmbedderChoice:
     name: str  # "none", "mean-baseline" or the checkpoint folder's name
     path: str | None  # None for "none" and the mean baseline
     factors: tuple[int, ...]  # factors it can serve besides k=1 (empty for "none")
+    #: The factors the planner may choose by itself: a checkpoint's
+    #: `EmbedderConfig.planning_factors` (those its factor_help record shows to help, or all it
+    #: was trained for without a record). None: all of `factors`.
+    helpful: tuple[int, ...] | None = None
+
+    @property
+    def planning_factors(self) -> tuple[int, ...]:
+        return self.factors if self.helpful is None else self.helpful
 
 
 #: No k>1 embedder: every kept token is read at k=1.
 NO_EMBEDDER = EmbedderChoice(NO_EMBEDDER_NAME, None, ())
 
 
-def _checkpoint_factors(folder: Path) -> tuple[int, ...]:
-    """The factors a checkpoint was trained for (its config read with the version check)."""
-    return EmbedderConfig.from_folder(folder).factors
+def _checkpoint(folder: Path) -> EmbedderChoice:
+    """A checkpoint folder as a choice (its config read once, with the version check)."""
+    config = EmbedderConfig.from_folder(folder)
+    return EmbedderChoice(folder.name, str(folder), config.factors, config.planning_factors())
 
 
 def resolve_model_folder(model: str) -> Path | None:
@@ -57,7 +66,7 @@ def resolve_embedder(setting: EmbedderSetting | str, model: str) -> EmbedderChoi
         folder = setting.expanduser()
         if not (folder / EMBEDDER_CONFIG_NAME).is_file():
             raise ValueError(f"embedder folder {folder} has no {EMBEDDER_CONFIG_NAME}")
-        return EmbedderChoice(folder.name, str(folder), _checkpoint_factors(folder))
+        return _checkpoint(folder)
     model_folder = resolve_model_folder(model)
     if model_folder is not None:
         from .embedder import find_shipped_embedder
@@ -68,23 +77,10 @@ def resolve_embedder(setting: EmbedderSetting | str, model: str) -> EmbedderChoi
             logger.warning("vllm-landmark: cannot fingerprint %s (%s)", model_folder, exc)
             folder = None
         if folder is not None:
-            return EmbedderChoice(folder.name, str(folder), _checkpoint_factors(folder))
+            return _checkpoint(folder)
     logger.info(
         "vllm-landmark: no trained embedder for %s; documents over their share are cut to "
         "their best spans at k=1 (--landmark-embedder mean-baseline compresses untrained)",
         model,
     )
     return NO_EMBEDDER
-
-
-def planning_factors(embedder: EmbedderChoice) -> tuple[int, ...]:
-    """The k>1 factors the planner may choose for ``embedder``.
-
-    A checkpoint's :meth:`EmbedderConfig.planning_factors` (only those its ``factor_help``
-    record shows to help, or all it was trained for without a record); the untrained baseline,
-    "none" and a choice made without a config file (`resolve_embedder` always checks for one)
-    keep their own list.
-    """
-    if embedder.path is None or not (Path(embedder.path) / EMBEDDER_CONFIG_NAME).is_file():
-        return embedder.factors
-    return EmbedderConfig.from_folder(embedder.path).planning_factors()

@@ -15,9 +15,9 @@ gives the rest back to the others. `--landmark-budget` caps each document's shar
 over its share is planned into it: with a retriever, windows around the spans that best match
 the question stay raw (k=1, `compression.windows.landmark_windows_plan`) and the gaps between
 them are compressed (only with a trained embedder, at the factors its checkpoint records as
-helping: `planning_factors`) or left out; without one, the middle of the document goes first
-(head and tail are kept, as LongBench's middle truncation does), compressed with a trained
-embedder or left out without one.
+helping: `EmbedderChoice.planning_factors`) or left out; without one, the middle of the
+document goes first (head and tail are kept, as LongBench's middle truncation does),
+compressed with a trained embedder or left out without one.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from ..compression.choice import EmbedderChoice, planning_factors
+from ..compression.choice import EmbedderChoice
 from ..compression.factors import DocumentTooLongError, choose_factor, num_soft_tokens
 from ..compression.planner import (
     Plan,
@@ -172,7 +172,7 @@ class DocumentPlanner:
         #: Factors a request's explicit plan or factor may use (everything served).
         self.factors = tuple(k for k in config.factors if k in served) or (1,)
         #: Factors the planner chooses by itself: those the checkpoint records as helping.
-        helpful = (1, *planning_factors(embedder))
+        helpful = (1, *embedder.planning_factors)
         self.plan_factors = tuple(k for k in self.factors if k in helpful) or self.factors
         self.segments = SegmentTokenizer.for_tokenizer(tokenizer)
         self.document_tokens = DocumentTokenizer(tokenizer)
