@@ -118,10 +118,6 @@ class BaseWeights:
         with safe_open(self.files[name], framework="pt") as handle:
             return handle.get_tensor(name)
 
-    def rows(self, name: str, start: int, end: int) -> torch.Tensor:
-        with safe_open(self.files[name], framework="pt") as handle:
-            return handle.get_slice(name)[start:end]
-
     def slice(self, name: str, dim: int, start: int, end: int) -> torch.Tensor:
         """Rows (dim 0) or columns (dim 1) start:end of a tensor, reading only those."""
         if name not in self.files:
@@ -147,8 +143,8 @@ def base_model_identity(folder: str | Path) -> BaseModelIdentity:
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     vocab, rows = spec.vocab_size, _FINGERPRINT_ROWS
     parts = [
-        weights.rows("model.embed_tokens.weight", 0, rows),
-        weights.rows("model.embed_tokens.weight", vocab // 2, vocab // 2 + rows),
+        weights.slice("model.embed_tokens.weight", 0, 0, rows),
+        weights.slice("model.embed_tokens.weight", 0, vocab // 2, vocab // 2 + rows),
     ]
     if "model.norm.weight" in weights:
         parts.append(weights.get("model.norm.weight"))
