@@ -14,30 +14,17 @@ from recipes.embedder.data import (
     TokenShards,
     make_question,
     prepare,
+    prepare_word_documents,
     qa_sample,
 )
-from recipes.embedder.train import CONFIG_DIR, TrainConfig, Trainer
+from recipes.embedder.train import Trainer, tiny_config
 from vllm_landmark.compression.embedder import ExtensibleEmbedder
-from vllm_landmark.testing.tiny_llm import write_word_documents
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
-    docs = write_word_documents(tmp_path_factory.mktemp("docs"))
     out = tmp_path_factory.mktemp("prepared")
-    sources = [{"name": "synthetic", "kind": "files", "globs": [str(docs / "*.txt")]}]
-    prepare(out, tiny_model, sources=sources, heldout_permille=250, min_doc_tokens=64)
-    return out
-
-
-def _config(tiny_model: Path, data: Path, output: Path, **overrides) -> TrainConfig:
-    return TrainConfig.load(
-        CONFIG_DIR / "tiny.json",
-        base_model=str(tiny_model),
-        data_dir=str(data),
-        output_dir=str(output),
-        **overrides,
-    )
+    return prepare_word_documents(out, tiny_model, tmp_path_factory.mktemp("docs"))
 
 
 def test_prepare_splits_by_file_deterministically(tiny_data: Path, tiny_model: Path, tmp_path):
@@ -77,7 +64,7 @@ def test_qa_samples_ask_about_their_own_context(tiny_data: Path, tiny_model: Pat
 
 
 def test_loss_decreases_on_a_fixed_batch(tiny_data: Path, tiny_model: Path, tmp_path: Path):
-    trainer = Trainer(_config(tiny_model, tiny_data, tmp_path / "run"), progress=False)
+    trainer = Trainer(tiny_config(tiny_model, tiny_data, tmp_path / "run"), progress=False)
     batch = trainer.batch_for(1)
     assert {s.factor for s in batch} <= {2, 4, 8}
     with torch.no_grad():
@@ -92,13 +79,13 @@ def test_loss_decreases_on_a_fixed_batch(tiny_data: Path, tiny_model: Path, tmp_
 
 
 def test_resume_equals_uninterrupted_and_round_trip(tiny_data, tiny_model, tmp_path):
-    straight = Trainer(_config(tiny_model, tiny_data, tmp_path / "a"), progress=False)
+    straight = Trainer(tiny_config(tiny_model, tiny_data, tmp_path / "a"), progress=False)
     final_a = straight.run()
     assert final_a is not None
 
-    first = Trainer(_config(tiny_model, tiny_data, tmp_path / "b"), progress=False)
+    first = Trainer(tiny_config(tiny_model, tiny_data, tmp_path / "b"), progress=False)
     assert first.run(stop_after_steps=3) is None
-    resumed = Trainer(_config(tiny_model, tiny_data, tmp_path / "b"), progress=False)
+    resumed = Trainer(tiny_config(tiny_model, tiny_data, tmp_path / "b"), progress=False)
     assert resumed.step == 3
     final_b = resumed.run()
     steps = [
@@ -136,7 +123,7 @@ def test_resume_equals_uninterrupted_and_round_trip(tiny_data, tiny_model, tmp_p
 def test_perplexity_eval_runs_on_the_tiny_model(tiny_data, tiny_model, tmp_path):
     from eval.perplexity import main as perplexity_main
 
-    run = Trainer(_config(tiny_model, tiny_data, tmp_path / "run"), progress=False).run()
+    run = Trainer(tiny_config(tiny_model, tiny_data, tmp_path / "run"), progress=False).run()
     output = tmp_path / "ppl.json"
     perplexity_main(
         [
@@ -195,7 +182,7 @@ def test_fit_stages_keeps_proportions_and_the_past():
 
 def test_fit_schedule_rescales_and_survives_resume(tiny_data, tiny_model, tmp_path):
     overrides = {"fit_minutes": 1.0, "fit_after_steps": 2}
-    config = _config(tiny_model, tiny_data, tmp_path / "run", **overrides)
+    config = tiny_config(tiny_model, tiny_data, tmp_path / "run", **overrides)
     trainer = Trainer(config, progress=False)
     early = [(config.lr_at(s), config.stage_at(s).name) for s in (1, 2)]
     trainer.step = 2
@@ -206,15 +193,17 @@ def test_fit_schedule_rescales_and_survives_resume(tiny_data, tiny_model, tmp_pa
     assert abs(config.stages[0].steps / config.total_steps - 4 / 6) < 0.05
     assert [(config.lr_at(s), config.stage_at(s).name) for s in (1, 2)] == early
     trainer._checkpoint()
-    resumed = Trainer(_config(tiny_model, tiny_data, tmp_path / "run", **overrides), progress=False)
+    resumed = Trainer(
+        tiny_config(tiny_model, tiny_data, tmp_path / "run", **overrides), progress=False
+    )
     assert resumed.step == 2 and resumed.fit == trainer.fit
     assert resumed.config.stages == config.stages
     with pytest.raises(ValueError, match="fit_after_steps"):
-        _config(tiny_model, tiny_data, tmp_path / "x", fit_minutes=1.0, fit_after_steps=3)
+        tiny_config(tiny_model, tiny_data, tmp_path / "x", fit_minutes=1.0, fit_after_steps=3)
 
 
 def test_final_on_stop_writes_a_loadable_final(tiny_data, tiny_model, tmp_path):
-    trainer = Trainer(_config(tiny_model, tiny_data, tmp_path / "run"), progress=False)
+    trainer = Trainer(tiny_config(tiny_model, tiny_data, tmp_path / "run"), progress=False)
     assert trainer.run(stop_after_steps=3, final_on_stop=True) is None
     final = tmp_path / "run" / "final"
     training = json.loads((final / "embedder_config.json").read_text())["training"]

@@ -171,20 +171,13 @@ def tp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained_embedder(tp_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real checkpoint of the recipe: the tiny config's 6 steps (LoRA r=4 on 2 layers)."""
-    from recipes.embedder.data import prepare
-    from recipes.embedder.train import CONFIG_DIR, TrainConfig, Trainer
-    from vllm_landmark.testing.tiny_llm import write_word_documents
+    from recipes.embedder.data import prepare_word_documents
+    from recipes.embedder.train import Trainer, tiny_config
 
-    docs = write_word_documents(tmp_path_factory.mktemp("docs"))
-    data = tmp_path_factory.mktemp("prepared")
-    sources = [{"name": "synthetic", "kind": "files", "globs": [str(docs / "*.txt")]}]
-    prepare(data, tp_model, sources=sources, heldout_permille=250, min_doc_tokens=64)
-    config = TrainConfig.load(
-        CONFIG_DIR / "tiny.json",
-        base_model=str(tp_model),
-        data_dir=str(data),
-        output_dir=str(tmp_path_factory.mktemp("run")),
+    data = prepare_word_documents(
+        tmp_path_factory.mktemp("prepared"), tp_model, tmp_path_factory.mktemp("docs")
     )
+    config = tiny_config(tp_model, data, tmp_path_factory.mktemp("run"))
     final = Trainer(config, progress=False).run()
     assert final is not None
     return final

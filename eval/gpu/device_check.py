@@ -83,25 +83,15 @@ def make_base(expected: dict) -> tuple[Path, dict]:
 
 def tiny_recipe(device: str, scratch: Path) -> dict:
     """tiny.json on a tiny random Llama on `device`: run, reload, same soft tokens."""
-    from recipes.embedder.data import prepare
-    from recipes.embedder.train import CONFIG_DIR, TrainConfig, Trainer
+    from recipes.embedder.data import prepare_word_documents
+    from recipes.embedder.train import Trainer, tiny_config
     from vllm_landmark.compression.embedder import ExtensibleEmbedder
-    from vllm_landmark.testing.tiny_llm import build_tiny_llama, write_word_documents
+    from vllm_landmark.testing.tiny_llm import build_tiny_llama
 
     started = time.monotonic()
     model = build_tiny_llama(scratch / "tiny-llama")
-    docs = scratch / "docs"
-    write_word_documents(docs)
-    data = scratch / "data"
-    sources = [{"name": "synthetic", "kind": "files", "globs": [str(docs / "*.txt")]}]
-    prepare(data, model, sources=sources, heldout_permille=250, min_doc_tokens=64)
-    config = TrainConfig.load(
-        CONFIG_DIR / "tiny.json",
-        base_model=str(model),
-        data_dir=str(data),
-        output_dir=str(scratch / "run"),
-        device=device,
-    )
+    data = prepare_word_documents(scratch / "data", model, scratch / "docs")
+    config = tiny_config(model, data, scratch / "run", device=device)
     trainer = Trainer(config, progress=False)
     final = trainer.run()
     losses = [

@@ -378,3 +378,17 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def prepare_word_documents(
+    out_dir: str | Path, tokenizer_folder: str | Path, docs_dir: Path
+) -> Path:
+    """The tiny config's data (tests, the GPU device check): the synthetic word documents of
+    `vllm_landmark.testing.tiny_llm` written to `docs_dir`, prepared into `out_dir` with a
+    quarter of the files held out."""
+    from vllm_landmark.testing.tiny_llm import write_word_documents
+
+    docs = write_word_documents(docs_dir)
+    sources = [{"name": "synthetic", "kind": "files", "globs": [str(docs / "*.txt")]}]
+    prepare(out_dir, tokenizer_folder, sources=sources, heldout_permille=250, min_doc_tokens=64)
+    return Path(out_dir)

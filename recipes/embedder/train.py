@@ -135,6 +135,19 @@ class TrainConfig:
         return cls(**data)
 
 
+def tiny_config(
+    base_model: str | Path, data_dir: str | Path, output_dir: str | Path, **overrides: Any
+) -> TrainConfig:
+    """`configs/tiny.json` (a few steps, LoRA on 2 layers) on these folders."""
+    return TrainConfig.load(
+        CONFIG_DIR / "tiny.json",
+        base_model=str(base_model),
+        data_dir=str(data_dir),
+        output_dir=str(output_dir),
+        **overrides,
+    )
+
+
 def fit_stages(stages: list[StageConfig], step: int, new_total: int) -> list[StageConfig]:
     """Stages rescaled to `new_total` steps in their proportions, steps 1..step unchanged.
 
