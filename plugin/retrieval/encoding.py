@@ -12,8 +12,8 @@ How a document is encoded (:func:`encode_document`):
   or end not counting as one. With evenly spread windows that is the window whose centre is
   nearest, and every token keeps at least ``overlap / 2`` tokens of context on both sides
   (or everything up to the document's end).
-* Windows have one length, so several are batched without padding (no attention mask); on
-  ONNX Runtime (``backend="onnx"``) each window is its own forward, which measured faster.
+* Windows have one length, so several are batched without padding (no attention mask), up to
+  the encoder's ``windows_per_forward`` (one on ONNX Runtime, which measured faster so).
 * Kept per token (content tokens only, no ``<s>``/``</s>``): the last hidden state, the lexical
   weight ``relu(sparse_linear(h))`` (0 for the ids FlagEmbedding drops) and the normalized
   multi-vector ``normalize(colbert_linear(h))``. That, plus the units (:mod:`.scoring`), is
@@ -245,9 +245,7 @@ def encode_document(
         np.empty((n, encoder.colbert_dim), dtype=np.float32) if encoder.has_colbert else None
     )
     width = len(prefix) + (windows[0][1] - windows[0][0]) + len(suffix)
-    per_batch = max(1, min(encoder.batch_size, encoder.max_batch_tokens // width))
-    if getattr(encoder, "backend", "torch") == "onnx":
-        per_batch = 1  # ONNX Runtime: one window per forward measured faster than batches
+    per_batch = max(1, min(encoder.windows_per_forward, encoder.max_batch_tokens // width))
     p = len(prefix)
     with torch.inference_mode():
         for first in range(0, len(windows), per_batch):

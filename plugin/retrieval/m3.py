@@ -157,6 +157,9 @@ class M3Encoder:
         #: ``"torch"`` (the FlagEmbedding-parity path) or ``"onnx"`` (:mod:`.onnx_encoder`:
         #: the same float32 forward on ONNX Runtime, CPU only, faster).
         self.backend: str = backend
+        #: Document windows per forward (`encoding.encode_document`): ONNX Runtime measured
+        #: faster one window at a time than batched; torch batches up to ``batch_size``.
+        self.windows_per_forward = 1 if backend == "onnx" else batch_size
         if backend != "torch":
             from .onnx_encoder import BACKENDS, onnx_model
 
