@@ -109,6 +109,10 @@ def _rank_main(rank: int, size: int, port: int, folder: str, base: str, out: str
         result = {"soft": soft, "numel": sharded_numel(embedder), "biases": row_biases(embedder)}
         torch.save(result, f"{out}/rank{rank}.pt")
     finally:
+        # Both ranks leave the group together: a rank that tears gloo down while its peer
+        # still holds the connection aborts the peer ("terminate called without an active
+        # exception", about one run in sixteen here).
+        dist.barrier()
         dist.destroy_process_group()
 
 
