@@ -384,36 +384,65 @@ def _load(results: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def notes(results: Path, stem: str) -> str:
+    """The commentary kept beside a result (``<stem>.notes.md``), as a paragraph, or ``""``.
+
+    What a run's JSON cannot say (why a row was kept, what was tried and dropped) lives there,
+    so the whole page is still generated.
+    """
+    path = results / f"{stem}.notes.md"
+    return path.read_text().strip() + "\n" if path.is_file() else ""
+
+
+def bench_retriever_table(bench: dict[str, Any], name: str) -> list[str]:
+    """One ``eval.bench_retriever`` run: a row per mode (median and vector diff when kept)."""
+    rows = bench["modes"].values()
+    median = all("document_encode_median_s" in r for r in rows)
+    diff = any("colbert_max_abs_diff" in r for r in rows)
+    head = ["mode", "windows", "encode, fastest (s)"] + (["encode, median (s)"] if median else [])
+    head += ["tokens/s", "speedup", "first question (s)", "top-10 overlap with the first mode",
+             "same best sentence"] + (["multi-vectors max abs diff"] if diff else [])  # fmt: skip
+    table = []
+    for mode, r in bench["modes"].items():
+        row = [mode, r["windows"], _fmt(r["document_encode_s"])]
+        row += [_fmt(r["document_encode_median_s"])] if median else []
+        row += [_fmt(r["tokens_per_s"], 0), f"x{_fmt(r['speedup'])}", _fmt(r["first_question_s"]),
+                ", ".join(map(str, r["top10_overlap"])),
+                ", ".join("yes" if x else "no" for x in r["same_best_sentence"])]  # fmt: skip
+        if diff:
+            value = r.get("colbert_max_abs_diff")
+            row.append("-" if value is None else f"{value:.1e}")
+        table.append(row)
+    return [
+        f"`{bench.get('command', 'python -m eval.bench_retriever')}` (`{name}`): the default "
+        f"retriever's pass over a {bench['document_retriever_tokens']}-token document (retriever "
+        f"tokens), the fastest of {bench['runs']} alternating runs; {bench['machine']}; load "
+        f"average after: {bench['load_average_after']}.",
+        "",
+        _table(head, table),
+        "",
+    ]
+
+
 def retriever_speed_section(results: Path) -> str | None:
     """Markdown for the retriever's speed, its int8 ranking check, TTFT with it, the proxy."""
-    bench = _load(results, "bench_retriever.json")
+    benches = sorted(results.glob("bench_retriever*.json"))
     exact = _load(results, "retrieval_quality_float32_check.json")
     fast = _load(results, "retrieval_quality_int8_check.json")
-    ttft = {m: _load(results, f"bench_ttft_retriever_{m}.json") for m in ("float32", "int8")}
+    ttft = {
+        p.stem.removeprefix("bench_ttft_retriever").lstrip("_") or "retriever": json.loads(
+            p.read_text()
+        )
+        for p in sorted(results.glob("bench_ttft_retriever*.json"))
+    }
     proxy = _load(results, "bench_proxy.json")
-    if not any([bench, exact and fast, *ttft.values(), proxy]):
+    if not any([benches, exact and fast, ttft, proxy]):
         return None
     out = ["## Retriever speed, its rankings, and the proxy", ""]
-    if bench:
-        out += [
-            f"`python -m eval.bench_retriever` (`bench_retriever.json`): the default retriever's "
-            f"pass over a {bench['document_retriever_tokens']}-token document (retriever "
-            f"tokens), the fastest of {bench['runs']} alternating runs; {bench['machine']}; load "
-            f"average after: {bench['load_average_after']} (a shared, loaded machine).",
-            "",
-            _table(
-                ["mode", "windows", "encode (s)", "tokens/s", "speedup", "first question (s)",
-                 "top-10 overlap with float32", "same best sentence"],
-                [
-                    [name, r["windows"], _fmt(r["document_encode_s"]), _fmt(r["tokens_per_s"], 0),
-                     f"x{_fmt(r['speedup'])}", _fmt(r["first_question_s"]),
-                     ", ".join(map(str, r["top10_overlap"])),
-                     ", ".join("yes" if x else "no" for x in r["same_best_sentence"])]
-                    for name, r in bench["modes"].items()
-                ],
-            ),
-            "",
-        ]  # fmt: skip
+    for path in benches:
+        out += bench_retriever_table(json.loads(path.read_text()), path.name)
+        if notes(results, path.stem):
+            out += [notes(results, path.stem)]
     if exact and fast:
         rows = []
         for setting in ("corpus", "document"):
@@ -442,23 +471,23 @@ def retriever_speed_section(results: Path) -> str | None:
             ),
             "",
         ]
-    if any(ttft.values()):
+    if ttft:
         rows = [
             [m, _fmt(d["median_ttft_s"]["plain_text"]), _fmt(d["median_ttft_s"]["plugin"]),
-             f"x{_fmt(d['speedup'], 1)}", d.get("load_average_after")]
-            for m, d in ttft.items() if d
+             f"x{_fmt(d['speedup'], 1)}", d.get("load_average_after", "-")]
+            for m, d in ttft.items()
         ]  # fmt: skip
-        doc = next(d for d in ttft.values() if d)
+        doc = next(iter(ttft.values()))
         out += [
             f"`python -m eval.bench_ttft --retriever default` ({doc['document_tokens']}-token "
-            f"document, budget {doc['budget']}, embedder {doc['embedder']}), with the retriever "
-            "in float32 (the default) and int8 (`LANDMARK_RETRIEVER_QUANTIZE=int8`, opt-in):",
+            f"document, budget {doc['budget']}): each row one run, `bench_ttft_retriever_<row>"
+            ".json`.",
             "",
-            _table(
-                ["retriever", "plain TTFT (s)", "plugin TTFT (s)", "speedup", "load after"], rows
-            ),
+            _table(["run", "plain TTFT (s)", "plugin TTFT (s)", "speedup", "load after"], rows),
             "",
         ]
+        if notes(results, "bench_ttft_retriever"):
+            out += [notes(results, "bench_ttft_retriever")]
     if proxy:
         first, cached = proxy["first_question"], proxy["cached_questions_median"]
         out += [
@@ -500,7 +529,7 @@ def build(results: Path) -> str:
     for path in sorted(results.glob("qa*.json")):
         data = json.loads(path.read_text())
         if data.get("kind") == "qa":
-            parts.append(qa_section(data, path.name))
+            parts.append(qa_section(data, path.name) + notes(results, path.stem))
     if (results / "qa_vs_length.png").is_file() and qa_length_runs(results):
         names = ", ".join(f"`{p.name}`" for p in qa_length_runs(results))
         parts.append(

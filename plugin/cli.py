@@ -182,6 +182,8 @@ def proxy_config(args: argparse.Namespace) -> ProxyConfig:
 
     if args.budget < 1:
         raise SystemExit(f"--budget must be positive, got {args.budget}")
+    if args.window_tokens is not None and args.window_tokens < 1:
+        raise SystemExit(f"--window-tokens must be positive, got {args.window_tokens}")
     api_key = args.upstream_api_key or os.environ.get(args.upstream_api_key_env) or None
     return ProxyConfig(
         upstream=args.upstream,
@@ -233,8 +235,9 @@ def _add_proxy_parser(sub: argparse._SubParsersAction) -> None:
     proxy.add_argument(
         "--window-tokens",
         type=int,
-        default=256,
-        help="largest paragraph kept whole / token window around a relevant sentence",
+        default=None,
+        help="largest paragraph kept whole / window around a relevant sentence (default: by "
+        "document length, the plugin planner's rule)",
     )
     proxy.add_argument(
         "--retriever",

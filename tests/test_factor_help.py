@@ -130,12 +130,12 @@ def test_record_is_read_through_the_config_reader(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("record", [None, "none-help"], ids=["all-factors", "no-factor-helps"])
 def test_retriever_plan_is_the_measured_window_arm(tiny_model, tmp_path: Path, record) -> None:
-    """The server plans a scored document exactly as the held-out QA arm that was measured:
-    ``win-t512`` (windows in 3/4 of the room, the gaps compressed at the helpful factors), or
-    ``win-t512-drop`` (windows fill the room) when no factor helps."""
+    """The server plans a scored document exactly as the held-out QA arm that was measured,
+    ``plan``: windows in 3/4 of the room and the gaps compressed at the helpful factors, or
+    windows filling the room when no factor helps."""
     from transformers import AutoTokenizer
 
-    from eval.suite.arms import DocumentView, plan_arm
+    from eval.suite.arms import COMPRESSION_FACTORS, DocumentView, plan_arm
 
     none_help = {
         "metric": "answer log-prob / token",
@@ -149,7 +149,7 @@ def test_retriever_plan_is_the_measured_window_arm(tiny_model, tmp_path: Path, r
     embedder = checkpoint(tmp_path / "ckpt", none_help if record else None)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     planner = DocumentPlanner(LandmarkConfig(), tokenizer, 4096, embedder)
-    arm = "win-t512-drop" if record else "win-t512"
+    factors = () if record else COMPRESSION_FACTORS
     rng = random.Random(1)
     for n in (1500, 3000, 6000):
         for budget in (200, 700, 1000):
@@ -158,8 +158,10 @@ def test_retriever_plan_is_the_measured_window_arm(tiny_model, tmp_path: Path, r
             doc = ParsedDocument(token_ids=tuple([7] * n), marker=DOCUMENT_MARKER)
             doc.scores = SpanScores(bounds, values)
             planned = planner.plan([doc], [0], 48, max_output_tokens=4096 - 48 - budget)[0]
-            view = DocumentView([7] * n, [], list(bounds), list(values), (0, 1), (0, 1))
-            expected = plan_arm(arm, view, budget, 0.75)
+            view = DocumentView(
+                [7] * n, [], list(bounds), list(values), (0, 1), (0, 1), list(values)
+            )
+            expected = plan_arm("plan", view, budget, 0.75, factors)
             assert [list(t) for t in planned.plan.as_triples()] == expected, (n, budget)
             assert planned.selection == "retriever"
             assert planned.plan.soft_tokens <= budget

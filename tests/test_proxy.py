@@ -230,7 +230,9 @@ def test_selection_is_exact_and_in_order(
     assert result.selection == "retriever"
     assert result.raw_tokens == tok.count(document) > budget
     assert result.kept_tokens == len(test_encoding.encode_ordinary(result.text)) <= budget
-    assert result.kept_tokens >= budget * 0.75  # the budget is spent, not wasted
+    # The budget is spent, not wasted: windows are whole sentences, and each separator between
+    # two windows costs 8 tokens here, which a 40-token budget feels (one 18-token sentence).
+    assert result.kept_tokens >= (budget * 0.75 if budget > 100 else budget * 0.4)
     assert result.text == pasted(document, [list(w) for w in result.windows])
     ends = [0] + [b for _, b in result.windows]
     assert all(a >= e for (a, _), e in zip(result.windows, ends, strict=False))  # disjoint

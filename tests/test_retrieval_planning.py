@@ -44,7 +44,7 @@ def _expected_plan(retriever: Path, document: str, question: str, tokenizer):
     from vllm_landmark.retrieval.spans import SpanRanker
 
     scores = SpanRanker(M3Encoder(retriever)).score_all_spans(
-        document, question, llm_tokenizer=tokenizer
+        document, question, llm_tokenizer=tokenizer, lexical_fusion=True
     )
     bounds = [(int(a), int(b)) for a, b in scores.llm_token_offsets.tolist() if b > a]
     values = [
@@ -53,7 +53,8 @@ def _expected_plan(retriever: Path, document: str, question: str, tokenizer):
         if b > a
     ]
     num_tokens = len(tokenizer.encode(document, add_special_tokens=False))
-    # Windows around the best spans at k=1, the gaps at the mean baseline's factors.
+    # Windows of whole sentences around the best spans (M3 fused with BM25) at k=1, sized by
+    # the document's length; the gaps at the mean baseline's factors.
     return landmark_windows_plan(bounds, values, num_tokens, BUDGET, ALLOWED_FACTORS)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from vllm_landmark.document.tokens import encode_document as llm_encode_document
 from vllm_landmark.retrieval.encoding import special_affixes, window_owners
+from vllm_landmark.retrieval.lexical import bm25_span_scores, reciprocal_rank_fusion
 from vllm_landmark.retrieval.m3 import M3Encoder, colbert_score, lexical_matching_score
 from vllm_landmark.retrieval.segment import segment
 from vllm_landmark.retrieval.spans import (
@@ -231,6 +232,29 @@ def test_score_all_spans_for_the_planner(encoder: M3Encoder, document: str, llm_
     single = ranker.rank(document, QUERY, span_sentences=1, top_k=n_units, allow_overlap=True)
     by_unit = {s.start_sentence: s.score for s in single.spans}
     np.testing.assert_allclose(scores.sentence_score, [by_unit[i] for i in range(n_units)])
+
+
+def test_lexical_fusion_ranks_spans_by_fused_m3_and_bm25(encoder: M3Encoder, document: str) -> None:
+    """With lexical fusion a unit's score is its best containing span's reciprocal rank fusion
+    of the hybrid score and BM25 over the document's sentences (retriever token ids)."""
+    ranker = SpanRanker(encoder)
+    fused = ranker.score_all_spans(document, QUERY, lexical_fusion=True)
+    n_units = len(fused.segments)
+    ranked = ranker.rank(document, QUERY, top_k=10**6, allow_overlap=True)
+    spans = np.array([[s.start_sentence, s.end_sentence] for s in ranked.spans])
+    hybrid = np.array([s.score for s in ranked.spans])
+    doc, _ = ranker.document_encoding(document)
+    query_ids = encode_query(encoder, QUERY).content_ids
+    lexical = bm25_span_scores(doc.input_ids, fused.token_offsets, spans, query_ids)
+    assert lexical.max() > 0  # the query shares words with the document
+    combined = reciprocal_rank_fusion(hybrid, lexical)
+    expected = np.full(n_units, -np.inf)
+    for (s, e), value in zip(spans, combined, strict=True):
+        expected[s:e] = np.maximum(expected[s:e], value)
+    np.testing.assert_allclose(fused.score, expected, rtol=1e-12)
+    plain = ranker.score_all_spans(document, QUERY)
+    assert not np.allclose(plain.score, fused.score)
+    np.testing.assert_array_equal(plain.sentence_score, fused.sentence_score)
 
 
 def test_llm_token_offsets_match_the_document_processor(

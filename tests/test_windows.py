@@ -47,6 +47,32 @@ def test_budget_order_and_best_span_on_random_documents(seed: int) -> None:
     assert select_windows(spans, scores, budget, size) == windows  # deterministic
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_whole_span_windows_start_and_end_at_span_edges(seed: int) -> None:
+    spans, scores, n = tiling(seed)
+    rng = random.Random(2000 + seed)
+    budget, size = rng.randint(40, 400), rng.choice([16, 64, 128, 256])
+    windows = select_windows(spans, scores, budget, size, num_tokens=n, whole_spans=True)
+    check_windows(windows, budget, n)
+    edges = {b for span in spans for b in span}
+    best = spans[max(range(len(spans)), key=lambda i: scores[i])]
+    if best[1] - best[0] <= budget:
+        assert all(a in edges and b in edges for a, b in windows), windows
+        assert any(a <= best[0] and best[1] <= b for a, b in windows)
+    else:  # the best sentence alone is over the budget: it is cut, nothing else fits
+        assert windows == select_windows([best], [1.0], budget, size, num_tokens=n)
+
+
+def test_whole_span_window_drops_the_cut_sentences() -> None:
+    spans = [(0, 10), (10, 25), (25, 30), (30, 50), (50, 60)]
+    scores = [0.0, 0.0, 1.0, 0.0, 0.0]
+    # A 20-token window centred on (25, 30) is (18, 38): it cuts (10, 25) and (30, 50).
+    assert select_windows(spans, scores, 20, 20) == [(18, 38)]
+    # Whole sentences: (25, 30), then the best of the rest that fits whole: (0, 10) (ties go
+    # to the earlier span); every other sentence is over the 5 tokens left: 15 tokens used.
+    assert select_windows(spans, scores, 20, 20, whole_spans=True) == [(0, 10), (25, 30)]
+
+
 def test_token_window_is_centred_on_the_span() -> None:
     spans = [(i * 10, i * 10 + 10) for i in range(20)]
     scores = [0.0] * 20

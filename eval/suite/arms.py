@@ -11,7 +11,11 @@ arm                kind   what the LLM gets
 ``bm25``           text   the best BM25 spans (windows of 2 sentences; ``bm25s``), pasted
 ``m3``             text   the best spans of the project's M3 ranker (default retriever)
 ``oracle``         plan   one k=1 window of ``budget`` tokens centred on the gold sentence
-``fragments``      plan   the plugin's planner today: M3 sentence scores -> ``plan_spans``
+``fragments``      plan   M3 sentence scores -> ``plan_spans`` (the first planner)
+``plan``           plan   the server's plan: :func:`landmark_windows_plan` with its defaults
+                          (window size by document length, whole sentences) on the fused
+                          M3 + BM25 scores, compressing at ``factors`` (none: windows fill
+                          the budget)
 ``win-tN``         plan   :func:`select_windows` token windows of N tokens at k=1 in
                           ``raw_share`` of the budget, the rest compressed
                           (:func:`windows_plan`, factors 2-32)
@@ -55,7 +59,10 @@ from vllm_landmark.compression.windows import (
 )
 
 COMPRESSION_FACTORS = (2, 4, 8, 16, 32)
-_ARM = re.compile(r"^win-(?P<kind>[tp])(?P<size>\d+)(?:-(?P<rest>drop|only|k(?P<k>\d+)))?$")
+_ARM = re.compile(
+    r"^(?P<form>win|txt)-(?P<kind>[tps])(?P<size>\d+)"
+    r"(?:-(?P<rest>drop|only|k(?P<k>\d+)))?(?P<rrf>-rrf)?$"
+)
 _BM25_TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
 
@@ -125,6 +132,7 @@ class DocumentView:
     scores: list[float]
     evidence: tuple[int, int]
     answer: tuple[int, int]
+    fused_scores: list[float] | None = None  # the scores with lexical fusion (``-rrf`` arms)
 
 
 def token_range(starts: Sequence[int], ends: Sequence[int], low: int, high: int) -> tuple[int, int]:
@@ -148,19 +156,26 @@ def document_view(item: dict[str, Any], tokenizer: Any, ranker: Any) -> Document
     starts = [int(a) for a, _ in enc["offset_mapping"]]
     ends = [int(b) for _, b in enc["offset_mapping"]]
     scored = ranker.score_all_spans(context, item["question"], llm_tokenizer=tokenizer)
+    fused = ranker.score_all_spans(
+        context, item["question"], llm_tokenizer=tokenizer, lexical_fusion=True
+    )
     if scored.llm_num_tokens != len(ids):
         raise ValueError(f"{item['id']}: the retriever saw {scored.llm_num_tokens} LLM tokens")
-    spans, scores = [], []
-    for (a, b), value in zip(scored.llm_token_offsets.tolist(), scored.score.tolist(), strict=True):
+    spans, scores, fused_scores = [], [], []
+    for (a, b), value, fused_value in zip(
+        scored.llm_token_offsets.tolist(), scored.score.tolist(), fused.score.tolist(), strict=True
+    ):
         if b > a:
             spans.append((int(a), int(b)))
             scores.append(float(value))
+            fused_scores.append(float(fused_value))
     a_start = item["answer_start"]
     return DocumentView(
         token_ids=ids,
         paragraphs=paragraph_token_bounds(context, starts),
         spans=spans,
         scores=scores,
+        fused_scores=fused_scores,
         evidence=token_range(starts, ends, *item["evidence"]),
         answer=token_range(starts, ends, a_start, a_start + len(item["answer_word"])),
     )
@@ -178,15 +193,22 @@ class ArmInput:
 
 def is_plan_arm(arm: str) -> bool:
     """Whether the arm sends the document with a plan (else it pastes text)."""
-    return arm in ("oracle", "fragments") or _ARM.match(arm) is not None
+    match = _ARM.match(arm)
+    return arm in ("oracle", "fragments", "plan") or (match is not None and match["form"] == "win")
+
+
+def needs_view(arm: str) -> bool:
+    """Whether the arm is built from the document view (plan arms and ``txt-`` arms)."""
+    return is_plan_arm(arm) or _ARM.match(arm) is not None
 
 
 def check_arm(arm: str) -> None:
     """Raise ValueError for an arm name this module does not know."""
-    if arm not in ("truncate", "bm25", "m3") and not is_plan_arm(arm):
+    if arm not in ("truncate", "bm25", "m3") and not needs_view(arm):
         raise ValueError(
-            f"unknown arm {arm!r}: truncate, bm25, m3, oracle, fragments, win-tN, win-pN, "
-            "win-tN-drop, win-tN-only, win-tN-kK (and the same with pN)"
+            f"unknown arm {arm!r}: truncate, bm25, m3, oracle, fragments, plan, win-tN, win-pN, "
+            "win-tN-drop, win-tN-only, win-tN-kK (the same with pN and sN, each optionally "
+            "ending in -rrf), and txt- for any win- arm"
         )
     match = _ARM.match(arm)
     if match is not None and match["k"] is not None and int(match["k"]) not in COMPRESSION_FACTORS:
@@ -205,6 +227,13 @@ def plan_arm(
     if arm == "oracle":
         windows = select_windows([view.evidence], [1.0], budget, budget, num_tokens=n)
         return [[a, b, 1] for a, b in windows]
+    if arm == "plan":
+        if view.fused_scores is None:
+            raise ValueError("the plan arm needs the document view's fused scores")
+        plan = landmark_windows_plan(
+            view.spans, view.fused_scores, n, budget, factors, raw_share=raw_share
+        )
+        return [list(t) for t in plan.as_triples()]
     if arm == "fragments":
         plan = plan_spans(view.spans, view.scores, budget, (1, *COMPRESSION_FACTORS))
         return [list(t) for t in plan.as_triples()]
@@ -213,11 +242,17 @@ def plan_arm(
         raise ValueError(f"not a plan arm: {arm!r}")
     size = int(match["size"])
     rest = match["rest"]
+    scores = view.scores
+    if match["rrf"]:
+        if view.fused_scores is None:
+            raise ValueError(f"arm {arm!r} needs the document view's fused scores")
+        scores = view.fused_scores
     paragraphs = view.paragraphs if match["kind"] == "p" else None
+    whole_spans = match["kind"] == "s"
     if rest == "only":  # the windows of win-tN alone: their share of the budget, no gaps
         raw_budget = int(budget * raw_share)
-        windows = select_windows(view.spans, view.scores, raw_budget, size, paragraphs, n)
-        plan = windows_plan(windows, view.spans, view.scores, n, budget, ())
+        windows = select_windows(view.spans, scores, raw_budget, size, paragraphs, n, whole_spans)
+        plan = windows_plan(windows, view.spans, scores, n, budget, ())
     else:  # the server's rule; no factor to compress at: the windows take the whole budget
         if rest == "drop":
             factors = ()
@@ -225,13 +260,14 @@ def plan_arm(
             factors = (int(match["k"]),)
         plan = landmark_windows_plan(
             view.spans,
-            view.scores,
+            scores,
             n,
             budget,
             factors,
             window_tokens=size,
             raw_share=raw_share,
             paragraphs=paragraphs,
+            whole_spans=whole_spans,
         )
     return [list(t) for t in plan.as_triples()]
 
@@ -268,6 +304,15 @@ def arm_input(
         )
     if view is None:
         raise ValueError(f"arm {arm!r} needs the document view")
+    if not is_plan_arm(arm):  # txt-: the windows of the win- arm, pasted
+        plan = plan_arm("win" + arm[3:], view, budget, raw_share, factors)
+        windows = [(s, e) for s, e, k in plan if k == 1]
+        text = SPAN_SEPARATOR.join(
+            tokenizer.decode(view.token_ids[s:e]).strip() for s, e in windows
+        )
+        a_low, a_high = view.answer
+        covered = any(s <= a_low and a_high <= e for s, e in windows)
+        return ArmInput(arm, text=text, info={"answer_in_context": covered, "windows": windows})
     plan = plan_arm(arm, view, budget, raw_share, factors)
     a_low, a_high = view.answer
     raw = any(s <= a_low and a_high <= e and k == 1 for s, e, k in plan)

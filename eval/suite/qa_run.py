@@ -40,7 +40,7 @@ from eval.suite.arms import (
     arm_input,
     check_arm,
     document_view,
-    is_plan_arm,
+    needs_view,
 )
 from eval.suite.qa import select, word_count
 from eval.suite.run import machine
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     inputs: dict[str, list[ArmInput]] = {arm: [] for arm in arms}
     for item in items:
-        view = document_view(item, tokenizer, m3.ranker) if any(map(is_plan_arm, arms)) else None
+        view = document_view(item, tokenizer, m3.ranker) if any(map(needs_view, arms)) else None
         for arm in arms:
             inputs[arm].append(
                 arm_input(

@@ -71,6 +71,18 @@ def _centred(span: Bounds, size: int, num_tokens: int) -> Bounds:
     return max(0, high - size), high
 
 
+def _snap(window: Bounds, span: Bounds, edges: Sequence[int]) -> Bounds:
+    """``window`` shrunk to whole spans: its ends moved inward to the nearest span edges
+    (``edges``: sorted), never past ``span`` (a window that cuts into ``span`` is kept)."""
+    low, high = window
+    start, end = span
+    if not (low <= start and end <= high):
+        return window
+    low = edges[bisect.bisect_left(edges, low)]
+    high = edges[bisect.bisect_right(edges, high) - 1]
+    return min(low, start), max(high, end)
+
+
 def _union_cost(chosen: list[Bounds], window: Bounds) -> tuple[Bounds, list[int], int]:
     """Merging ``window`` into ``chosen``: the merged bounds, indices absorbed, tokens added."""
     low, high = window
@@ -89,6 +101,7 @@ def select_windows(
     window_tokens: int,
     paragraphs: Sequence[Bounds] | None = None,
     num_tokens: int | None = None,
+    whole_spans: bool = False,
 ) -> list[Bounds]:
     """k=1 windows around the best spans: merged, in document order, at most ``budget`` tokens.
 
@@ -96,8 +109,10 @@ def select_windows(
     span, higher is better; ``budget``: raw tokens the windows may hold in all;
     ``window_tokens``: the size of a token window (and the largest paragraph taken whole);
     ``paragraphs``: optional paragraph bounds in document order (token offsets);
-    ``num_tokens``: the document length (default: the end of the last span or paragraph).
-    Ties in score go to the earlier span.
+    ``num_tokens``: the document length (default: the end of the last span or paragraph);
+    ``whole_spans``: shrink each window to whole spans (sentences), so no window starts or
+    ends inside one (a span longer than the tokens left is skipped for a shorter one; only
+    a best span longer than the whole budget is cut). Ties in score go to the earlier span.
     """
     _check_spans(spans, scores)
     if budget < 0:
@@ -110,6 +125,7 @@ def select_windows(
     total = num_tokens if num_tokens is not None else max(ends)
     if total < spans[-1][1]:
         raise PlanError(f"num_tokens={total} ends before the last span ({spans[-1][1]})")
+    edges = sorted({b for span in spans for b in span}) if whole_spans else []
     chosen: list[Bounds] = []
     used = 0
     for index in sorted(range(len(spans)), key=lambda i: (-scores[i], i)):
@@ -117,9 +133,16 @@ def select_windows(
         if left <= 0:
             break
         window = _grow(spans[index], window_tokens, total, paragraphs)
+        if whole_spans:
+            window = _snap(window, spans[index], edges)
         merged, absorbed, added = _union_cost(chosen, window)
         if added > left:  # shrink to what is left, centred on the span
+            start, end = spans[index]
+            if whole_spans and end - start > left and chosen:
+                continue  # a sentence over what is left: a shorter one may fit whole
             window = _centred(spans[index], left, total)
+            if whole_spans:
+                window = _snap(window, spans[index], edges)
             merged, absorbed, added = _union_cost(chosen, window)  # added <= left now
         if added <= 0:
             continue
@@ -201,12 +224,25 @@ def windows_plan(
     return Plan(tuple(merged))
 
 
-#: The planner's window size: token windows of 512 around the best spans, chosen on the QA
-#: dev split among token and paragraph windows of 128-1,024 (eval/RESULTS.md, real-text QA).
-WINDOW_TOKENS = 512
+#: The window rule (chosen on the QA dev split, eval/RESULTS.md "Real-text QA"): the longer
+#: the document is next to the budget, the more places it has worth reading, so windows shrink
+#: as the document grows: ``WINDOW_SCALE * budget ** 2 / num_tokens`` tokens (the budget taken
+#: in ``budget * num_tokens / (WINDOW_SCALE * budget ** 2)`` windows), within
+#: ``[MIN_WINDOW_TOKENS, MAX_WINDOW_TOKENS]``.
+WINDOW_SCALE = 1.0
+MIN_WINDOW_TOKENS = 64
+MAX_WINDOW_TOKENS = 512
 #: With factors to compress at, the windows take this share of the budget and the gaps between
 #: them the rest; with none, the windows take the whole budget.
 RAW_SHARE = 0.75
+
+
+def window_tokens_for(num_tokens: int, budget: int) -> int:
+    """The planner's window size for a document of ``num_tokens`` read in ``budget`` tokens."""
+    if num_tokens < 1 or budget < 1:
+        raise PlanError(f"num_tokens={num_tokens} and budget={budget} must be positive")
+    size = round(WINDOW_SCALE * budget * budget / num_tokens)
+    return max(MIN_WINDOW_TOKENS, min(MAX_WINDOW_TOKENS, size))
 
 
 def landmark_windows_plan(
@@ -216,19 +252,26 @@ def landmark_windows_plan(
     budget: int,
     factors: Sequence[int] = (),
     *,
-    window_tokens: int = WINDOW_TOKENS,
+    window_tokens: int | None = None,
     raw_share: float = RAW_SHARE,
     paragraphs: Sequence[Bounds] | None = None,
+    whole_spans: bool = True,
 ) -> Plan:
     """The retriever-guided plan: windows around the best spans at k=1, then the gaps.
 
     ``factors``: the k>1 factors the gaps may be compressed at (an embedder's helpful ones);
-    none: the windows fill ``budget`` and everything else is dropped. ``paragraphs``: grow
-    windows to paragraphs that fit (see :func:`select_windows`).
+    none: the windows fill ``budget`` and everything else is dropped. ``window_tokens``: the
+    window size (default :func:`window_tokens_for` the document and the windows' budget);
+    ``paragraphs``: grow windows to paragraphs that fit; ``whole_spans``: windows of whole
+    spans (see :func:`select_windows`).
     """
     compress = tuple(k for k in factors if k > 1)
     raw_budget = int(budget * raw_share) if compress else budget
-    windows = select_windows(spans, scores, raw_budget, window_tokens, paragraphs, num_tokens)
+    if window_tokens is None:
+        window_tokens = window_tokens_for(num_tokens, max(raw_budget, 1))
+    windows = select_windows(
+        spans, scores, raw_budget, window_tokens, paragraphs, num_tokens, whole_spans
+    )
     return windows_plan(windows, spans, scores, num_tokens, budget, compress)
 
 

@@ -237,7 +237,7 @@ class DocumentPlanner:
 
         try:
             scores = get_span_ranker(self.config.retriever_folder()).score_all_spans(
-                document.text, document.query, llm_tokenizer=self.tokenizer
+                document.text, document.query, llm_tokenizer=self.tokenizer, lexical_fusion=True
             )
         except (ValueError, RuntimeError) as exc:
             logger.warning("vllm-landmark: retrieval failed, planning by position: %s", exc)

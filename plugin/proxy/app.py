@@ -40,7 +40,7 @@ from ..server.chat_documents import documents_field_to_parts, has_document_parts
 from ..server.file_parts import DOCUMENT_PART_TYPES, document_from_part
 from ..server.spans_endpoint import STATE_KEY, SpansService
 from ..server.spans_endpoint import router as spans_router
-from .selection import DEFAULT_WINDOW_TOKENS, DocumentSelection, SelectionError, select_document
+from .selection import DocumentSelection, SelectionError, select_document
 from .tokenizers import UpstreamTokenizer, load_upstream_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class ProxyConfig:
     model: str | None = None
     api_key: str | None = None
     budget: int = DEFAULT_BUDGET
-    window_tokens: int = DEFAULT_WINDOW_TOKENS
+    window_tokens: int | None = None  # None: by document length, as the planner
     retriever: RetrieverSetting | None = DEFAULT_RETRIEVER
     max_document_chars: int = LandmarkConfig.max_document_chars
     timeout_s: float = 600.0

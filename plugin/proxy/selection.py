@@ -4,7 +4,8 @@ A document whose tokens (in the upstream tokenizer) fit its budget is pasted who
 one is ranked by the retriever (:meth:`SpanRanker.score_all_spans`, per sentence, with offsets
 in the upstream tokenizer's tokens) and the window rule of
 :func:`vllm_landmark.compression.windows.select_windows` picks contiguous windows around the
-best sentences (grown to their paragraph or a token window, merged, in document order). Without
+best sentences (grown to their paragraph or a window of whole sentences, merged, in document
+order; the sentences ranked by M3 fused with BM25, as the plugin's planner ranks them). Without
 a question, the head and the tail are kept (LongBench's middle truncation).
 
 The windows are pasted as text, joined by :data:`SEPARATOR`, and the result is counted again
@@ -20,13 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ..compression.windows import paragraph_token_bounds, select_windows
+from ..compression.windows import paragraph_token_bounds, select_windows, window_tokens_for
 from .tokenizers import UpstreamTokenizer
 
 #: Between two windows of one document: says to the model that text was left out.
 SEPARATOR = "\n\n[...]\n\n"
-#: Largest paragraph taken whole / size of a token window around a sentence (upstream tokens).
-DEFAULT_WINDOW_TOKENS = 256
 #: Rounds of re-selection when the pasted text counts more than the budget.
 MAX_ROUNDS = 8
 
@@ -94,9 +93,13 @@ def select_document(
     tokenizer: UpstreamTokenizer,
     ranker: Any,
     *,
-    window_tokens: int = DEFAULT_WINDOW_TOKENS,
+    window_tokens: int | None = None,
 ) -> DocumentSelection:
-    """The text of ``text`` to paste for ``query`` in at most ``budget`` upstream tokens."""
+    """The text of ``text`` to paste for ``query`` in at most ``budget`` upstream tokens.
+
+    ``window_tokens``: the largest paragraph taken whole and the size of a window around a
+    sentence (default: the planner's rule, :func:`window_tokens_for` the document's length).
+    """
     if budget < 1:
         raise SelectionError(f"no room for the document (budget {budget} tokens)")
     starts = tokenizer.token_starts(text)
@@ -110,7 +113,9 @@ def select_document(
         scores: list[float] = []
     else:
         selection = "retriever"
-        landmarks = ranker.score_all_spans(text, query, llm_tokenizer=tokenizer)
+        landmarks = ranker.score_all_spans(
+            text, query, llm_tokenizer=tokenizer, lexical_fusion=True
+        )
         timings = dict(landmarks.timings)
         ranges = landmarks.llm_token_offsets
         keep = ranges[:, 1] > ranges[:, 0]  # units that start inside another unit's token
@@ -122,14 +127,18 @@ def select_document(
         if selection == "position":
             token_windows = _position_windows(n, room)
         else:
-            token_windows = select_windows(spans, scores, room, window_tokens, paragraphs, n)
+            size = window_tokens or window_tokens_for(n, room)
+            token_windows = select_windows(
+                spans, scores, room, size, paragraphs, n, whole_spans=True
+            )
         pasted, windows = _paste(text, _char_windows(token_windows, starts, len(text)))
         kept = tokenizer.count(pasted)
         if kept <= budget:
             if not pasted:
                 break
             return DocumentSelection(pasted, n, kept, budget, selection, windows, timings)
-        room -= max(kept - budget, 1)
+        # Less room than the windows took (whole sentences may leave some unused), by the excess.
+        room = min(room, sum(b - a for a, b in token_windows)) - max(kept - budget, 1)
         if room < 1:
             break
     raise SelectionError(

@@ -154,6 +154,7 @@ class QueryEncoding:
     mean: np.ndarray
     lexical: dict[int, float] | None
     colbert: np.ndarray | None
+    content_ids: list[int] = field(default_factory=list)  # no specials, no prompt
 
 
 def plan_windows(n: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -344,4 +345,5 @@ def encode_query(encoder: M3Encoder, query: str) -> QueryEncoding:
         mean=mean.float().cpu().numpy(),
         lexical=lexical,
         colbert=None if colbert is None else colbert[1:].float().cpu().numpy(),
+        content_ids=list(ids[len(prefix) : len(ids) - len(suffix)]),
     )

@@ -25,6 +25,7 @@ from .encoding import (
     llm_token_offsets,
     plan_windows,
 )
+from .lexical import bm25_span_scores, reciprocal_rank_fusion
 from .m3 import M3Encoder
 from .m3_scores import check_weights
 from .scoring import (
@@ -90,7 +91,8 @@ class RankedSpan:
 class LandmarkScores:
     """Per-unit (landmark) scores in document order, for the planner.
 
-    ``score[i]``: the best hybrid score of any candidate span containing unit ``i``;
+    ``score[i]``: the best planning score of any candidate span containing unit ``i`` (the
+    hybrid score, or with lexical fusion its reciprocal rank fusion with BM25, :mod:`.lexical`);
     ``sentence_score`` / ``dense`` / ``sparse`` / ``colbert``: the unit scored alone.
     ``char_offsets`` (S, 2) index the document as given; ``token_offsets`` (S, 2) encoder
     tokens; ``llm_token_offsets`` (S, 2) LLM tokens (``None`` without a tokenizer): ranges that
@@ -346,10 +348,18 @@ class SpanRanker:
         span_tokens: int | None = None,
         weights: Sequence[float] | None = None,
         llm_tokenizer: Any = None,
+        lexical_fusion: bool = False,
     ) -> LandmarkScores:
-        """Per-unit scores in document order (see :class:`LandmarkScores`), for the planner."""
+        """Per-unit scores in document order (see :class:`LandmarkScores`), for the planner.
+
+        ``lexical_fusion``: rank candidate spans by the reciprocal rank fusion of their hybrid
+        score and their BM25 score over the document's sentences (:mod:`.lexical`).
+        """
         r = self._score(document, query, span_sentences, span_tokens, weights, llm_tokenizer)
         spans, hybrid = r.spans, r.scores.hybrid
+        if lexical_fusion:
+            lexical = bm25_span_scores(r.doc.input_ids, r.token_ranges, spans, r.query.content_ids)
+            hybrid = reciprocal_rank_fusion(hybrid, lexical)
         n_units = len(r.segments)
         # Best containing span per unit: spans sorted by score, painted best last.
         best = np.full(n_units, -np.inf)
