@@ -515,8 +515,9 @@ def retriever_speed_section(results: Path) -> str | None:
 
 
 def qa_length_runs(results: Path) -> list[Path]:
-    """The held-out arm comparisons, one per document length (``qa_test_arms*.json``)."""
-    return sorted(results.glob("qa_test_arms*.json"))
+    """The held-out arm comparisons of today's plan, one per document length
+    (``qa_test_plan_*.json``)."""
+    return sorted(results.glob("qa_test_plan_*.json"))
 
 
 def build(results: Path) -> str:

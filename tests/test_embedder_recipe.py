@@ -209,3 +209,81 @@ def test_final_on_stop_writes_a_loadable_final(tiny_data, tiny_model, tmp_path):
     training = json.loads((final / "embedder_config.json").read_text())["training"]
     assert training["stopped_early"] and training["steps"] == 3 and training["total_steps"] == 6
     ExtensibleEmbedder.from_pretrained(final, tiny_model)
+
+
+def test_plan_qa_samples_are_planned_documents(tiny_data: Path, tiny_model: Path, tmp_path):
+    """The serving-format stage: whole-sentence k=1 windows and compressed gaps within the
+    budget, the answer in the document, and soft tokens assembled as the server does (k=1:
+    the LLM's token embeddings; k>1: the embedder's output for that span alone)."""
+    from transformers import AutoTokenizer
+
+    from recipes.embedder.plan_qa import plan_qa_sample, sentence_token_bounds, soft_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    template = QATemplate(tokenizer)
+    shards = TokenShards.load(tiny_data, "train")
+    rng = np.random.default_rng(3)
+    trainer = Trainer(tiny_config(tiny_model, tiny_data, tmp_path / "run"), progress=False)
+    samples = [
+        plan_qa_sample(
+            shards, rng, template, context_tokens=(150, 220), factors=(2, 4, 8), compression=(2, 6)
+        )
+        for _ in range(6)
+    ]
+    mixed = 0
+    for sample in samples:
+        n = len(sample.context)
+        text = tokenizer.decode(sample.context.tolist())
+        answer = tokenizer.decode(sample.target.tolist(), skip_special_tokens=True).strip()
+        assert answer and answer in text
+        starts = [
+            a
+            for a, _ in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+                "offset_mapping"
+            ]
+        ]
+        edges = {b for span in sentence_token_bounds(text, starts) for b in span}
+        plan = sample.plan
+        assert plan[0][0] >= 0 and plan[-1][1] <= n
+        assert all(a[1] <= b[0] for a, b in zip(plan, plan[1:], strict=False))
+        soft = sum(-(-(e - s) // k) for s, e, k in plan)
+        assert soft <= n / 2 + 1  # compression (2, 6): at most half the document
+        raw = [(s, e) for s, e, k in plan if k == 1]
+        assert raw and all(s in edges and e in edges for s, e in raw), (raw, sorted(edges))
+        mixed += any(k > 1 for _, _, k in plan)
+        assert sample.factor == max(k for _, _, k in plan)
+    assert mixed >= 3  # windows next to compressed gaps, not only windows
+    with torch.no_grad():
+        trainer.embedder.eval()
+        batch = soft_tokens(trainer.embedder, trainer.llm, samples)
+        embed = trainer.llm.get_input_embeddings()
+        for sample, got in zip(samples, batch, strict=True):
+            row = 0
+            for s, e, k in sample.plan:
+                span = sample.context[s:e]
+                want = embed(span) if k == 1 else trainer.embedder([span], [k])[0]
+                torch.testing.assert_close(got[row : row + len(want)], want, atol=1e-5, rtol=1e-4)
+                row += len(want)
+            assert row == len(got)
+
+
+def test_a_run_with_the_plan_qa_stage(tiny_data: Path, tiny_model: Path, tmp_path):
+    stages = [
+        {"name": "pretrain", "task": "ar", "steps": 2},
+        {"name": "serving", "task": "plan_qa", "steps": 3, "ar_fraction": 0.0},
+    ]
+    config = tiny_config(
+        tiny_model, tiny_data, tmp_path / "run", stages=stages, context_tokens=(120, 160)
+    )
+    final = Trainer(config, progress=False).run()
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
+        if line
+    ]
+    serving = [r for r in records if r.get("step", 0) > 2 and "loss" in r]
+    assert serving and all(np.isfinite(r["loss"]) for r in serving)
+    assert any(k.startswith("plan_qa@") for r in serving for k in r.get("by_kind_factor", {}))
+    assert tuple(ExtensibleEmbedder.from_pretrained(final, tiny_model).config.factors) == (2, 4, 8)
+    with pytest.raises(ValueError, match="plan_compression"):
+        tiny_config(tiny_model, tiny_data, tmp_path / "x", plan_compression=(0.5, 2))

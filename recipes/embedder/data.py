@@ -230,6 +230,7 @@ class Sample:
     prefix: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     suffix: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     kind: str = "ar"
+    plan: tuple[tuple[int, int, int], ...] | None = None  # [start, end, k] spans (plan_qa)
 
 
 def _window(shards: TokenShards, rng: np.random.Generator, length: int) -> np.ndarray:

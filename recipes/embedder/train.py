@@ -1,4 +1,5 @@
-"""Train an ExtensibleEmbedder for a frozen LLM: two-stream AR pre-training, then QA fine-tuning.
+"""Train an ExtensibleEmbedder for a frozen LLM: two-stream AR pre-training, then QA fine-tuning
+(whole windows at one factor, ``qa``, or documents planned as the server plans them, ``plan_qa``).
 
     python -m recipes.embedder.train --config recipes/embedder/configs/cpu_smollm2.json
 
@@ -36,6 +37,7 @@ from vllm_landmark.compression.embedder import ExtensibleEmbedder, LoraSettings
 
 from .data import QATemplate, Sample, TokenShards, ar_sample, qa_sample
 from .objective import load_frozen_llm, target_nll
+from .plan_qa import plan_qa_sample, soft_tokens
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TRAINABLE_FACTORS = (2, 4, 8, 16, 32)
@@ -43,7 +45,9 @@ TRAINABLE_FACTORS = (2, 4, 8, 16, 32)
 
 @dataclass
 class StageConfig:
-    """One stage: `task` "ar" (continuation) or "qa" (chat QA, mixed with `ar_fraction` AR)."""
+    """One stage: `task` "ar" (continuation), "qa" (chat QA over a window at one factor) or
+    "plan_qa" (chat QA over a document planned as the server plans it); QA tasks are mixed
+    with `ar_fraction` AR samples."""
 
     name: str
     task: str
@@ -66,6 +70,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     context_tokens: tuple[int, int] = (256, 256)
+    plan_compression: tuple[float, float] = (2.0, 8.0)  # plan_qa: document tokens / budget
     target_tokens: int = 64
     batch_size: int = 4
     lr: float = 3e-4
@@ -94,8 +99,14 @@ class TrainConfig:
         if bad or not self.factors:
             raise ValueError(f"factors {list(self.factors)}: choose from {TRAINABLE_FACTORS}")
         for stage in self.stages:
-            if stage.task not in ("ar", "qa") or stage.steps < 1:
-                raise ValueError(f"stage {stage.name!r}: task must be ar|qa and steps >= 1")
+            if stage.task not in ("ar", "qa", "plan_qa") or stage.steps < 1:
+                raise ValueError(f"stage {stage.name!r}: task must be ar|qa|plan_qa and steps >= 1")
+        low, high = (float(r) for r in self.plan_compression)
+        if not 1.0 <= low <= high:
+            raise ValueError(
+                f"plan_compression {list(self.plan_compression)}: need 1 <= low <= high"
+            )
+        self.plan_compression = (low, high)
         if self.fit_minutes is not None and not 2 <= self.fit_after_steps <= self.warmup_steps:
             raise ValueError(
                 f"fit_after_steps={self.fit_after_steps} must lie in [2, warmup_steps="
@@ -244,7 +255,7 @@ class Trainer:
         self.train_data = TokenShards.load(config.data_dir, "train")
         self.heldout_data = TokenShards.load(config.data_dir, "heldout")
         self.template = None
-        if any(stage.task == "qa" for stage in config.stages):
+        if any(stage.task in ("qa", "plan_qa") for stage in config.stages):
             from transformers import AutoTokenizer
 
             self.template = QATemplate(AutoTokenizer.from_pretrained(config.base_model))
@@ -315,7 +326,18 @@ class Trainer:
         rng = np.random.default_rng([config.seed, step])
         samples = []
         for _ in range(config.batch_size):
-            if stage.task == "qa" and rng.random() >= stage.ar_fraction:
+            if stage.task == "plan_qa" and rng.random() >= stage.ar_fraction:
+                samples.append(
+                    plan_qa_sample(
+                        self.train_data,
+                        rng,
+                        self.template,
+                        context_tokens=config.context_tokens,
+                        factors=config.factors,
+                        compression=config.plan_compression,
+                    )
+                )
+            elif stage.task == "qa" and rng.random() >= stage.ar_fraction:
                 samples.append(
                     qa_sample(
                         self.train_data,
@@ -356,7 +378,7 @@ class Trainer:
 
     def loss(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean target NLL over the batch's tokens, and each sample's mean NLL."""
-        soft = self.embedder([s.context for s in samples], [s.factor for s in samples])
+        soft = soft_tokens(self.embedder, self.llm, samples)
         sums, counts = target_nll(self.llm, samples, soft)
         return sums.sum() / counts.sum(), (sums / counts).detach()
 
