@@ -168,17 +168,39 @@ def qa_length(report: dict[str, Any]) -> int:
 
 def plot_qa_lengths(reports: Sequence[dict[str, Any]], path: Path) -> Path:
     """Answer log-prob (95% interval) and degeneration rate of each arm vs document length."""
+    budget = max(reports, key=qa_length)["budget"]
+    return _plot_qa(
+        reports, path, qa_length, "document length (LLM tokens)", f"held-out QA, budget {budget}"
+    )
+
+
+def plot_qa_budgets(reports: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The same vs the budget (runs over one document length at several budgets)."""
+    lengths = sorted({qa_length(r) for r in reports})
+    title = f"held-out QA, {'/'.join(f'{n // 1024}K' for n in lengths)} documents"
+    return _plot_qa(reports, path, lambda r: int(r["budget"]), "budget (tokens of context)", title)
+
+
+def _plot_qa(
+    reports: Sequence[dict[str, Any]],
+    path: Path,
+    x_of: Any,
+    xlabel: str,
+    title: str,
+) -> Path:
+    """One point per (report, arm) at ``x_of(report)``: log-prob with its interval (left) and
+    the degeneration rate (right); arms of the report with the largest x."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.8))
-    by_length = sorted(reports, key=qa_length)
-    arms = [a for a in by_length[-1]["summary"]["arms"] if not a.startswith("fragments")]
+    by_x = sorted(reports, key=x_of)
+    arms = [a for a in by_x[-1]["summary"]["arms"] if not a.startswith("fragments")]
     for index, arm in enumerate(arms):
         xs, ys, los, his, degen = [], [], [], [], []
-        for report in by_length:
+        for report in by_x:
             stats = report["summary"]["arms"].get(arm)
             if not stats or "logprob" not in stats:
                 continue
-            x = qa_length(report) * 2 ** ((index - len(arms) / 2) * 0.025)  # spread the bars
+            x = x_of(report) * 2 ** ((index - len(arms) / 2) * 0.025)  # spread the bars
             lp = stats["logprob"]
             xs.append(x)
             ys.append(lp["mean"])
@@ -194,12 +216,11 @@ def plot_qa_lengths(reports: Sequence[dict[str, Any]], path: Path) -> Path:
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         _k_ticks(ax)
-        ax.set_xlabel("document length (LLM tokens)")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     left.set_ylabel("gold answer log-prob / token")
     right.set_ylabel("degenerate answers (%)")
-    budget = by_length[-1]["budget"]
-    left.set_title(f"held-out QA, budget {budget} (95% intervals)", fontsize=9)
+    left.set_title(f"{title} (95% intervals)", fontsize=9)
     right.set_title("greedy answers: empty or one repeated token", fontsize=9)
     left.legend(fontsize=7)
     fig.tight_layout()
@@ -217,12 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--qa", type=Path, nargs="*", default=[], help="qa_run reports, one per length"
     )
+    parser.add_argument(
+        "--qa-budgets", type=Path, nargs="*", default=[], help="qa_run reports, one per budget"
+    )
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     made = []
     if args.qa:
         reports = [json.loads(p.read_text()) for p in args.qa]
         made.append(plot_qa_lengths(reports, args.out_dir / "qa_vs_length.png"))
+    if args.qa_budgets:
+        reports = [json.loads(p.read_text()) for p in args.qa_budgets]
+        made.append(plot_qa_budgets(reports, args.out_dir / "qa_vs_budget.png"))
     if args.suite.is_file():
         suite = json.loads(args.suite.read_text())
         made.append(plot_quality(suite, args.out_dir / "quality_vs_budget.png"))

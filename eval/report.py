@@ -520,6 +520,15 @@ def qa_length_runs(results: Path) -> list[Path]:
     return sorted(results.glob("qa_test_plan_*.json"))
 
 
+def qa_budget_runs(results: Path) -> list[Path]:
+    """Held-out runs of today's plan over one length at several budgets
+    (``qa_test_budget_<length>_<budget>.json`` and the budget-1,024 run of that length)."""
+    runs = sorted(results.glob("qa_test_budget_*.json"))
+    lengths = {p.stem.split("_")[3] for p in runs}
+    same_length = [results / f"qa_test_plan_{n}.json" for n in sorted(lengths)]
+    return runs + [p for p in same_length if p.is_file()]
+
+
 def build(results: Path) -> str:
     """The whole page."""
     parts = [HEADER]
@@ -537,6 +546,13 @@ def build(results: Path) -> str:
             "## Real-text QA vs document length\n\n"
             f"The held-out arms of {names}: answer log-prob per token with 95% intervals, and "
             "the share of degenerate answers.\n\n![QA vs length](results/qa_vs_length.png)\n"
+        )
+    if (results / "qa_vs_budget.png").is_file() and qa_budget_runs(results):
+        names = ", ".join(f"`{p.name}`" for p in qa_budget_runs(results))
+        parts.append(
+            "## Real-text QA vs budget\n\n"
+            f"The held-out arms of {names}: answer log-prob per token with 95% intervals, and "
+            "the share of degenerate answers.\n\n![QA vs budget](results/qa_vs_budget.png)\n"
         )
     for path in sorted(results.glob("serving*.json")):
         data = json.loads(path.read_text())
@@ -580,6 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         lengths = qa_length_runs(args.results)
         if lengths:
             plot_args += ["--qa", *map(str, lengths)]
+        budgets = qa_budget_runs(args.results)
+        if budgets:
+            plot_args += ["--qa-budgets", *map(str, budgets)]
         plots_main(plot_args)
     text = build(args.results)
     args.out.write_text(text, encoding="utf-8")

@@ -286,7 +286,7 @@ def test_summary_and_table_show_intervals_and_paired_differences() -> None:
 
 def test_qa_plot_has_one_point_per_length(tmp_path) -> None:
     pytest.importorskip("matplotlib")
-    from eval.plots import plot_qa_lengths, qa_length
+    from eval.plots import plot_qa_budgets, plot_qa_lengths, qa_length
 
     reports = []
     for length, shift in ((4, 0.0), (8, -0.5), (16, -1.0)):
@@ -298,4 +298,8 @@ def test_qa_plot_has_one_point_per_length(tmp_path) -> None:
         )
     assert [qa_length(r) for r in reports] == [4096, 8192, 16384]
     path = plot_qa_lengths(reports, tmp_path / "qa.png")
+    assert 5_000 < path.stat().st_size < 150_000
+    for report, budget in zip(reports, (512, 1024, 2048), strict=True):
+        report.update(items_file="/x/qa-8k.jsonl", budget=budget)
+    path = plot_qa_budgets(reports, tmp_path / "qa_budget.png")
     assert 5_000 < path.stat().st_size < 150_000
