@@ -5,7 +5,12 @@ LLM fragments; this module grows each selected span into a *window* instead:
 
 - to its paragraph, when the paragraph (or the paragraphs the span touches) fits in
   ``window_tokens``;
-- otherwise to a token window of ``window_tokens`` centred on the span (clipped to the document).
+- otherwise to a token window of ``window_tokens`` centred on the span (clipped to the
+  document), shrunk to whole spans (sentences) with ``whole_spans``, the planner's default.
+
+The planner's window size follows the document's length (:func:`window_tokens_for`): a
+document a few times the budget is read in a few long windows, a much longer one in many
+short ones.
 
 Windows are chosen greedily from the best-scoring span down; a window that overlaps or touches
 one already chosen is merged with it and costs only its new tokens. Selection stops adding when
