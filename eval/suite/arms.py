@@ -15,7 +15,7 @@ arm                kind   what the LLM gets
 ``plan``           plan   the server's plan: :func:`landmark_windows_plan` with its defaults
                           (window size by document length, whole sentences) on the fused
                           M3 + BM25 scores, compressing at ``factors`` (none: windows fill
-                          the budget)
+                          the budget; the runner passes the served checkpoint's helpful ones)
 ``win-tN``         plan   :func:`select_windows` token windows of N tokens at k=1 in
                           ``raw_share`` of the budget, the rest compressed
                           (:func:`windows_plan`, factors 2-32)

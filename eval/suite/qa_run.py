@@ -258,6 +258,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     m3 = M3SpanRetriever(args.retriever)
     factors = compression_factors(args.factors, model)
     print(f"[qa_run] win-tN arms compress at factors {list(factors)}", flush=True)
+    # The plan arm is the server's plan: the factors the served checkpoint records as helping.
+    plan_factors = compression_factors("checkpoint", model) if "plan" in arms else factors
+    if "plan" in arms:
+        print(f"[qa_run] the plan arm compresses at factors {list(plan_factors)}", flush=True)
     started = time.perf_counter()
     inputs: dict[str, list[ArmInput]] = {arm: [] for arm in arms}
     for item in items:
@@ -272,7 +276,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     view=view,
                     m3=m3,
                     raw_share=args.raw_share,
-                    factors=factors,
+                    factors=plan_factors if arm == "plan" else factors,
                 )
             )
     prepare_s = time.perf_counter() - started
@@ -336,6 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "budget": args.budget,
         "raw_share": args.raw_share,
         "factors": list(factors),
+        "plan_factors": list(plan_factors),
         "max_tokens": args.max_tokens,
         "languages": sorted({item["lang"] for item in items}),
         "items": len(items),
