@@ -329,6 +329,44 @@ def qa_section(data: dict[str, Any], name: str) -> str:
     return "\n".join(out)
 
 
+def plan_summary_section(runs: Sequence[Path]) -> str | None:
+    """One table up front: the server's plan against each other arm, per held-out run."""
+    from eval.plots import qa_length
+
+    loaded = [(path, json.loads(path.read_text())) for path in runs]
+    loaded.sort(key=lambda pair: (qa_length(pair[1]), pair[1]["budget"]))
+    rows = []
+    for path, data in loaded:
+        differences = data["summary"]["differences"]
+        arms = data["summary"]["arms"]
+        if "plan" not in arms:
+            continue
+        cells = []
+        for other in ("truncate", "bm25", "m3", "oracle"):
+            d = differences.get(f"plan - {other}", {}).get("logprob")
+            cells.append(
+                "-" if d is None else f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+            )
+        degenerate = [arms[a].get("degenerate", {}).get("mean") for a in ("plan", "truncate")]
+        cells.append(" / ".join("-" if v is None else f"{100 * v:.0f}%" for v in degenerate))
+        rows.append([f"`{path.name}`", data["items"], data["budget"], *cells])
+    if not rows:
+        return None
+    head = ["run", "items", "budget", "plan - truncation", "plan - BM25", "plan - M3",
+            "plan - oracle", "degenerate (plan / truncation)"]  # fmt: skip
+    return "\n".join(
+        [
+            "## Real-text QA: the server's plan on the held-out split",
+            "",
+            "Answer log-prob per token, paired differences with 95% bootstrap intervals (the "
+            "runs' own sections below have every arm, per language).",
+            "",
+            _table(head, rows),
+            "",
+        ]
+    )
+
+
 def overhead_section(data: dict[str, Any]) -> str:
     """Markdown for bench_overhead.json (plugin cost without documents)."""
     ratios = data.get("ratios", {})
@@ -532,6 +570,9 @@ def qa_budget_runs(results: Path) -> list[Path]:
 def build(results: Path) -> str:
     """The whole page."""
     parts = [HEADER]
+    summary = plan_summary_section(qa_length_runs(results) + qa_budget_runs(results))
+    if summary:
+        parts.append(summary)
     for path in sorted(results.glob("suite*.json")):
         data = json.loads(path.read_text())
         if data.get("kind") == "suite":
