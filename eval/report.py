@@ -570,7 +570,8 @@ def qa_budget_runs(results: Path) -> list[Path]:
 def build(results: Path) -> str:
     """The whole page."""
     parts = [HEADER]
-    summary = plan_summary_section(qa_length_runs(results) + qa_budget_runs(results))
+    runs = dict.fromkeys(qa_length_runs(results) + qa_budget_runs(results))  # once each, in order
+    summary = plan_summary_section(list(runs))
     if summary:
         parts.append(summary)
     for path in sorted(results.glob("suite*.json")):
