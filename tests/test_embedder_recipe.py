@@ -217,7 +217,9 @@ def test_plan_qa_samples_are_planned_documents(tiny_data: Path, tiny_model: Path
     the LLM's token embeddings; k>1: the embedder's output for that span alone)."""
     from transformers import AutoTokenizer
 
-    from recipes.embedder.plan_qa import plan_qa_sample, sentence_token_bounds, soft_tokens
+    from recipes.embedder.plan_qa import plan_qa_sample, soft_tokens
+    from vllm_landmark.retrieval.encoding import llm_token_offsets
+    from vllm_landmark.retrieval.segment import segment
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     template = QATemplate(tokenizer)
@@ -236,13 +238,8 @@ def test_plan_qa_samples_are_planned_documents(tiny_data: Path, tiny_model: Path
         text = tokenizer.decode(sample.context.tolist())
         answer = tokenizer.decode(sample.target.tolist(), skip_special_tokens=True).strip()
         assert answer and answer in text
-        starts = [
-            a
-            for a, _ in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
-                "offset_mapping"
-            ]
-        ]
-        edges = {b for span in sentence_token_bounds(text, starts) for b in span}
+        ranges, _ = llm_token_offsets(tokenizer, text, segment(text))  # the server's sentences
+        edges = {int(b) for span in ranges for b in span}
         plan = sample.plan
         assert plan[0][0] >= 0 and plan[-1][1] <= n
         assert all(a[1] <= b[0] for a, b in zip(plan, plan[1:], strict=False))

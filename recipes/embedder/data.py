@@ -322,6 +322,26 @@ def make_question(text: str, rng: np.random.Generator) -> tuple[str, str] | None
     return question, " ".join(words[cut : cut + 16])
 
 
+def question_window(
+    shards: TokenShards,
+    rng: np.random.Generator,
+    tokenizer: Any,
+    *,
+    context_tokens: tuple[int, int],
+    attempts: int = 20,
+) -> tuple[np.ndarray, str, str, str]:
+    """A document window of ``context_tokens`` and a synthetic question about it:
+    (window ids, its text, question, answer)."""
+    for _ in range(attempts):
+        context_len = int(rng.integers(context_tokens[0], context_tokens[1] + 1))
+        window = _window(shards, rng, context_len)
+        text = tokenizer.decode(window.tolist())
+        qa = make_question(text, rng)
+        if qa is not None:
+            return window, text, *qa
+    raise ValueError(f"no question could be made in {attempts} windows; is the data prose?")
+
+
 def qa_sample(
     shards: TokenShards,
     rng: np.random.Generator,
@@ -332,24 +352,19 @@ def qa_sample(
     attempts: int = 20,
 ) -> Sample:
     """A synthetic question about a compressed document window, answered in chat format."""
-    for _ in range(attempts):
-        context_len = int(rng.integers(context_tokens[0], context_tokens[1] + 1))
-        window = _window(shards, rng, context_len)
-        text = template.tokenizer.decode(window.tolist())
-        qa = make_question(text, rng)
-        if qa is None:
-            continue
-        prefix, suffix, target = template.encode(*qa)
-        factor = int(factors[int(rng.integers(0, len(factors)))])
-        return Sample(
-            torch.from_numpy(window),
-            factor,
-            torch.tensor(target),
-            torch.tensor(prefix, dtype=torch.long),
-            torch.tensor(suffix, dtype=torch.long),
-            kind="qa",
-        )
-    raise ValueError(f"no question could be made in {attempts} windows; is the data prose?")
+    window, _, question, answer = question_window(
+        shards, rng, template.tokenizer, context_tokens=context_tokens, attempts=attempts
+    )
+    prefix, suffix, target = template.encode(question, answer)
+    factor = int(factors[int(rng.integers(0, len(factors)))])
+    return Sample(
+        torch.from_numpy(window),
+        factor,
+        torch.tensor(target),
+        torch.tensor(prefix, dtype=torch.long),
+        torch.tensor(suffix, dtype=torch.long),
+        kind="qa",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

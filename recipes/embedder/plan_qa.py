@@ -6,8 +6,9 @@ compresses the gaps between them (``compression.windows.landmark_windows_plan``)
 reads raw text next to soft tokens of several factors. A ``plan_qa`` sample is exactly that:
 
 1. a document window of ``context_tokens`` (re-tokenized from its text, as the server
-   tokenizes a document) and a synthetic question about it (``data.make_question``);
-2. its sentences (the retriever's segmenter) ranked by BM25 against the question over the
+   tokenizes a document) and a synthetic question about it (``data.question_window``);
+2. its sentences (the retriever's segmenter, mapped to LLM tokens as the server maps them:
+   ``retrieval.encoding.llm_token_offsets``) ranked by BM25 against the question over the
    document's own sentences (``retrieval.lexical``: the lexical half of the server's fused
    ranking; the M3 half would need the retriever in the training loop);
 3. a budget of ``n / r`` soft tokens for a compression ratio ``r`` drawn from
@@ -20,7 +21,6 @@ ranking misses it): the embedder learns to serve both, in the mixture the server
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,21 +28,14 @@ import numpy as np
 import torch
 
 from vllm_landmark.compression.windows import landmark_windows_plan
+from vllm_landmark.document.tokens import encode_document
+from vllm_landmark.retrieval.encoding import llm_token_offsets
 from vllm_landmark.retrieval.lexical import bm25_span_scores
 from vllm_landmark.retrieval.segment import segment
 
-from .data import QATemplate, Sample, TokenShards, _window, make_question
+from .data import QATemplate, Sample, TokenShards, question_window
 
 Triple = tuple[int, int, int]
-
-
-def sentence_token_bounds(text: str, token_starts: Sequence[int]) -> list[tuple[int, int]]:
-    """The retriever's sentences of ``text`` as token ranges ``[a, b)`` that tile the tokens
-    (a token belongs to the sentence its first character is in; empty ranges dropped)."""
-    n = len(token_starts)
-    firsts = {bisect.bisect_left(token_starts, s.start) for s in segment(text)}
-    edges = sorted({0, n} | {f for f in firsts if 0 < f < n})
-    return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
 
 def plan_document(
@@ -74,31 +67,27 @@ def plan_qa_sample(
 ) -> Sample:
     """A synthetic question about a document planned as the server plans it (module doc)."""
     tokenizer = template.tokenizer
-    for _ in range(attempts):
-        context_len = int(rng.integers(context_tokens[0], context_tokens[1] + 1))
-        text = tokenizer.decode(_window(shards, rng, context_len).tolist())
-        qa = make_question(text, rng)
-        if qa is None:
-            continue
-        question, answer = qa
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(encoded["input_ids"])
-        sentences = sentence_token_bounds(text, [a for a, _ in encoded["offset_mapping"]])
-        ratio = float(rng.uniform(*compression))
-        budget = max(1, int(len(ids) / ratio))
-        question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
-        plan = plan_document(ids, sentences, question_ids, budget, factors)
-        prefix, suffix, target = template.encode(question, answer)
-        return Sample(
-            torch.tensor(ids, dtype=torch.long),
-            max(k for _, _, k in plan),
-            torch.tensor(target),
-            torch.tensor(prefix, dtype=torch.long),
-            torch.tensor(suffix, dtype=torch.long),
-            kind="plan_qa",
-            plan=tuple(plan),
-        )
-    raise ValueError(f"no question could be made in {attempts} windows; is the data prose?")
+    _, text, question, answer = question_window(
+        shards, rng, tokenizer, context_tokens=context_tokens, attempts=attempts
+    )
+    # The document's tokens and sentences exactly as the server's planner gets them.
+    ids = encode_document(tokenizer, text)
+    ranges, _ = llm_token_offsets(tokenizer, text, segment(text))
+    sentences = [(int(a), int(b)) for a, b in ranges if b > a]
+    ratio = float(rng.uniform(*compression))
+    budget = max(1, int(len(ids) / ratio))
+    question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    plan = plan_document(ids, sentences, question_ids, budget, factors)
+    prefix, suffix, target = template.encode(question, answer)
+    return Sample(
+        torch.tensor(ids, dtype=torch.long),
+        max(k for _, _, k in plan),
+        torch.tensor(target),
+        torch.tensor(prefix, dtype=torch.long),
+        torch.tensor(suffix, dtype=torch.long),
+        kind="plan_qa",
+        plan=tuple(plan),
+    )
 
 
 def soft_tokens(
