@@ -582,20 +582,19 @@ def build(results: Path) -> str:
         data = json.loads(path.read_text())
         if data.get("kind") == "qa":
             parts.append(qa_section(data, path.name) + notes(results, path.stem))
-    if (results / "qa_vs_length.png").is_file() and qa_length_runs(results):
-        names = ", ".join(f"`{p.name}`" for p in qa_length_runs(results))
-        parts.append(
-            "## Real-text QA vs document length\n\n"
-            f"The held-out arms of {names}: answer log-prob per token with 95% intervals, and "
-            "the share of degenerate answers.\n\n![QA vs length](results/qa_vs_length.png)\n"
-        )
-    if (results / "qa_vs_budget.png").is_file() and qa_budget_runs(results):
-        names = ", ".join(f"`{p.name}`" for p in qa_budget_runs(results))
-        parts.append(
-            "## Real-text QA vs budget\n\n"
-            f"The held-out arms of {names}: answer log-prob per token with 95% intervals, and "
-            "the share of degenerate answers.\n\n![QA vs budget](results/qa_vs_budget.png)\n"
-        )
+    plots = [
+        ("document length", "length", qa_length_runs(results)),
+        ("budget", "budget", qa_budget_runs(results)),
+    ]
+    for axis, name, runs in plots:
+        if (results / f"qa_vs_{name}.png").is_file() and runs:
+            names = ", ".join(f"`{p.name}`" for p in runs)
+            parts.append(
+                f"## Real-text QA vs {axis}\n\n"
+                f"The held-out arms of {names}: answer log-prob per token with 95% intervals, "
+                "and the share of degenerate answers.\n\n"
+                f"![QA vs {name}](results/qa_vs_{name}.png)\n"
+            )
     for path in sorted(results.glob("serving*.json")):
         data = json.loads(path.read_text())
         if data.get("kind") == "serving":

@@ -215,6 +215,13 @@ def check_arm(arm: str) -> None:
         raise ValueError(f"arm {arm!r}: K must be one of {COMPRESSION_FACTORS}")
 
 
+def _fused_scores(view: DocumentView, arm: str) -> list[float]:
+    """The view's fused (M3 + BM25) scores, which ``arm`` needs."""
+    if view.fused_scores is None:
+        raise ValueError(f"arm {arm!r} needs the document view's fused scores")
+    return view.fused_scores
+
+
 def plan_arm(
     arm: str,
     view: DocumentView,
@@ -228,10 +235,8 @@ def plan_arm(
         windows = select_windows([view.evidence], [1.0], budget, budget, num_tokens=n)
         return [[a, b, 1] for a, b in windows]
     if arm == "plan":
-        if view.fused_scores is None:
-            raise ValueError("the plan arm needs the document view's fused scores")
         plan = landmark_windows_plan(
-            view.spans, view.fused_scores, n, budget, factors, raw_share=raw_share
+            view.spans, _fused_scores(view, arm), n, budget, factors, raw_share=raw_share
         )
         return [list(t) for t in plan.as_triples()]
     if arm == "fragments":
@@ -242,11 +247,7 @@ def plan_arm(
         raise ValueError(f"not a plan arm: {arm!r}")
     size = int(match["size"])
     rest = match["rest"]
-    scores = view.scores
-    if match["rrf"]:
-        if view.fused_scores is None:
-            raise ValueError(f"arm {arm!r} needs the document view's fused scores")
-        scores = view.fused_scores
+    scores = _fused_scores(view, arm) if match["rrf"] else view.scores
     paragraphs = view.paragraphs if match["kind"] == "p" else None
     whole_spans = match["kind"] == "s"
     if rest == "only":  # the windows of win-tN alone: their share of the budget, no gaps
