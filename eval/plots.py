@@ -3,6 +3,7 @@
     python -m eval.plots [--suite eval/results/suite_cpu.json]
         [--serving eval/results/serving_cpu.json] [--out-dir eval/results]
         [--qa eval/results/qa_test_arms.json eval/results/qa_test_arms_8k.json ...]
+        [--qa-cross eval/results/qa_test_cross_4k.json ...]
 
 Small files on purpose (about 30-60 KB each): they are committed next to the JSON.
 """
@@ -159,19 +160,19 @@ def plot_latency(serving: dict[str, Any], path: Path, concurrency: int = 1) -> P
 
 
 def qa_length(report: dict[str, Any]) -> int:
-    """The document length of a QA run: its items' target length (``qa-8k`` -> 8192)."""
-    match = re.search(r"qa-(\d+)k", Path(report["items_file"]).name)
+    """The document length of a QA run: its items' target length (``qa-8k``, ``qa-cross-8k``
+    -> 8192)."""
+    match = re.search(r"qa-(?:cross-)?(\d+)k", Path(report["items_file"]).name)
     if match:
         return int(match[1]) * 1024
     return int(report["mean_length"])
 
 
-def plot_qa_lengths(reports: Sequence[dict[str, Any]], path: Path) -> Path:
+def plot_qa_lengths(reports: Sequence[dict[str, Any]], path: Path, what: str = "QA") -> Path:
     """Answer log-prob (95% interval) and degeneration rate of each arm vs document length."""
     budget = max(reports, key=qa_length)["budget"]
-    return _plot_qa(
-        reports, path, qa_length, "document length (LLM tokens)", f"held-out QA, budget {budget}"
-    )
+    title = f"held-out {what}, budget {budget}"
+    return _plot_qa(reports, path, qa_length, "document length (LLM tokens)", title)
 
 
 def plot_qa_budgets(reports: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -241,12 +242,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--qa-budgets", type=Path, nargs="*", default=[], help="qa_run reports, one per budget"
     )
+    parser.add_argument(
+        "--qa-cross",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="qa_run reports on cross-language items (eval.suite.qa_cross), one per length",
+    )
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     made = []
     if args.qa:
         reports = [json.loads(p.read_text()) for p in args.qa]
         made.append(plot_qa_lengths(reports, args.out_dir / "qa_vs_length.png"))
+    if args.qa_cross:
+        reports = [json.loads(p.read_text()) for p in args.qa_cross]
+        path = args.out_dir / "qa_vs_length_cross.png"
+        made.append(plot_qa_lengths(reports, path, "cross-language QA"))
     if args.qa_budgets:
         reports = [json.loads(p.read_text()) for p in args.qa_budgets]
         made.append(plot_qa_budgets(reports, args.out_dir / "qa_vs_budget.png"))

@@ -329,12 +329,17 @@ def qa_section(data: dict[str, Any], name: str) -> str:
     return "\n".join(out)
 
 
+def _questions(data: dict[str, Any]) -> str:
+    """``quoted`` (eval.suite.qa: the question quotes the document) or ``cross-language``."""
+    return "cross-language" if "qa-cross-" in Path(data["items_file"]).name else "quoted"
+
+
 def plan_summary_section(runs: Sequence[Path]) -> str | None:
     """One table up front: the server's plan against each other arm, per held-out run."""
     from eval.plots import qa_length
 
     loaded = [(path, json.loads(path.read_text())) for path in runs]
-    loaded.sort(key=lambda pair: (qa_length(pair[1]), pair[1]["budget"]))
+    loaded.sort(key=lambda pair: (_questions(pair[1]), qa_length(pair[1]), pair[1]["budget"]))
     rows = []
     for path, data in loaded:
         differences = data["summary"]["differences"]
@@ -349,17 +354,21 @@ def plan_summary_section(runs: Sequence[Path]) -> str | None:
             )
         degenerate = [arms[a].get("degenerate", {}).get("mean") for a in ("plan", "truncate")]
         cells.append(" / ".join("-" if v is None else f"{100 * v:.0f}%" for v in degenerate))
-        rows.append([f"`{path.name}`", data["items"], data["budget"], *cells])
+        rows.append([f"`{path.name}`", _questions(data), data["items"], data["budget"], *cells])
     if not rows:
         return None
-    head = ["run", "items", "budget", "plan - truncation", "plan - BM25", "plan - M3",
+    head = ["run", "questions", "items", "budget", "plan - truncation", "plan - BM25", "plan - M3",
             "plan - oracle", "degenerate (plan / truncation)"]  # fmt: skip
     return "\n".join(
         [
             "## Real-text QA: the server's plan on the held-out split",
             "",
             "Answer log-prob per token, paired differences with 95% bootstrap intervals (the "
-            "runs' own sections below have every arm, per language).",
+            "runs' own sections below have every arm, per language). Questions: `quoted` "
+            "(`eval.suite.qa`) quote the sentence before the answer word for word, so BM25 "
+            "finds it as surely as the oracle; `cross-language` (`eval.suite.qa_cross`) quote "
+            "its translation (English pages asked in German, French or Spanish, and the "
+            "reverse).",
             "",
             _table(head, rows),
             "",
@@ -558,6 +567,12 @@ def qa_length_runs(results: Path) -> list[Path]:
     return sorted(results.glob("qa_test_plan_*.json"))
 
 
+def qa_cross_runs(results: Path) -> list[Path]:
+    """Held-out runs of today's plan on cross-language questions (``eval.suite.qa_cross``),
+    one per document length (``qa_test_cross_*.json``)."""
+    return sorted(results.glob("qa_test_cross_*.json"))
+
+
 def qa_budget_runs(results: Path) -> list[Path]:
     """Held-out runs of today's plan over one length at several budgets
     (``qa_test_budget_<length>_<budget>.json`` and the budget-1,024 run of that length)."""
@@ -570,7 +585,9 @@ def qa_budget_runs(results: Path) -> list[Path]:
 def build(results: Path) -> str:
     """The whole page."""
     parts = [HEADER]
-    runs = dict.fromkeys(qa_length_runs(results) + qa_budget_runs(results))  # once each, in order
+    runs = dict.fromkeys(  # once each, in order
+        qa_length_runs(results) + qa_budget_runs(results) + qa_cross_runs(results)
+    )
     summary = plan_summary_section(list(runs))
     if summary:
         parts.append(summary)
@@ -585,6 +602,7 @@ def build(results: Path) -> str:
     plots = [
         ("document length", "length", qa_length_runs(results)),
         ("budget", "budget", qa_budget_runs(results)),
+        ("document length, cross-language questions", "length_cross", qa_cross_runs(results)),
     ]
     for axis, name, runs in plots:
         if (results / f"qa_vs_{name}.png").is_file() and runs:
@@ -640,6 +658,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         budgets = qa_budget_runs(args.results)
         if budgets:
             plot_args += ["--qa-budgets", *map(str, budgets)]
+        cross = qa_cross_runs(args.results)
+        if cross:
+            plot_args += ["--qa-cross", *map(str, cross)]
         plots_main(plot_args)
     text = build(args.results)
     args.out.write_text(text, encoding="utf-8")

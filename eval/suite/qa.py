@@ -57,7 +57,8 @@ QUESTION = (
 )
 MIN_PREFIX_WORDS = 5
 ANSWER_WORDS = 6
-_WORD = re.compile(r"(?<![\w-])[^\W\d_][^\W\d_-]{4,}(?![\w-])")
+#: A word an answer can hinge on: letters only, at least 5 of them.
+CONTENT_WORD = re.compile(r"(?<![\w-])[^\W\d_][^\W\d_-]{4,}(?![\w-])")
 _STOPWORDS = set().union(*_STOPWORD_SETS.values())
 
 
@@ -110,6 +111,11 @@ def word_count(context: str, word: str) -> int:
     return len(re.findall(rf"(?<![\w-]){re.escape(word)}(?![\w-])", context, re.IGNORECASE))
 
 
+def is_answer_word(word: str, context: str) -> bool:
+    """Whether ``word`` occurs exactly once in ``context`` and is not a function word."""
+    return word.lower() not in _STOPWORDS and word_count(context, word) == 1
+
+
 def make_question(context: str, lang: str, rng: random.Random) -> dict[str, Any] | None:
     """A sentence of ``context`` cut before a word that occurs only there, or None.
 
@@ -132,11 +138,11 @@ def make_question(context: str, lang: str, rng: random.Random) -> dict[str, Any]
             if context.count(sentence) != 1:
                 continue
             base = paragraph.start() + start
-            for match in _WORD.finditer(sentence):
+            for match in CONTENT_WORD.finditer(sentence):
                 word = match.group()
                 if len(sentence[: match.start()].split()) < MIN_PREFIX_WORDS:
                     continue
-                if word.lower() in _STOPWORDS or word_count(context, word) != 1:
+                if not is_answer_word(word, context):
                     continue
                 rest = list(re.finditer(r"\S+", sentence[match.start() :]))[:ANSWER_WORDS]
                 end = base + match.start() + rest[-1].end()
