@@ -304,6 +304,16 @@ def serving_section(serving: dict[str, Any], name: str) -> str:
     return "\n".join(out)
 
 
+def _reused_text(data: dict[str, Any]) -> list[str]:
+    """A line naming the arms a QA run took from an earlier run on the same items (``--reuse``)."""
+    reused = data.get("reused")
+    if not reused:
+        return []
+    arms = ", ".join(reused["arms"])
+    source = reused["from"]
+    return [f"Arms {arms}: records of `{source}` (same items; not touched by the change).", ""]
+
+
 def qa_section(data: dict[str, Any], name: str) -> str:
     """Markdown for one real-text QA comparison (``eval.suite.qa_run``)."""
     from eval.suite.qa_run import markdown
@@ -322,6 +332,7 @@ def qa_section(data: dict[str, Any], name: str) -> str:
         + ", ".join(f"{k} {v}" for k, v in data["seconds"].items())
         + ").",
         "",
+        *_reused_text(data),
         *notes_text(data),
         markdown(data),
         "",

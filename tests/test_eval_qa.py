@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from types import SimpleNamespace
 
@@ -284,6 +285,24 @@ def test_summary_and_table_show_intervals_and_paired_differences() -> None:
     assert "| arm | de (20) | en (10) |" in table  # per language, with the item counts
 
 
+def test_reuse_takes_only_missing_arms_of_a_run_on_the_same_items(tmp_path) -> None:
+    items = [{"id": "a"}, {"id": "b"}]
+    earlier = {
+        "records": {
+            "truncate": [{"id": "a", "logprob": -3.0}, {"id": "b", "logprob": -2.0}],
+            "plan": [{"id": "a", "logprob": -9.0}, {"id": "b", "logprob": -9.0}],
+        }
+    }
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    records = {"plan": [{"id": "a", "logprob": -1.0}, {"id": "b", "logprob": -1.5}]}
+    assert qr.reuse_records(path, items, records) == ["truncate"]
+    assert records["plan"][0]["logprob"] == -1.0  # this run's arm is kept
+    assert records["truncate"] == earlier["records"]["truncate"]
+    with pytest.raises(SystemExit, match="other items"):
+        qr.reuse_records(path, [{"id": "b"}, {"id": "a"}], {})
+
+
 def test_qa_plot_has_one_point_per_length(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     from eval.plots import plot_qa_budgets, plot_qa_lengths, qa_length
@@ -297,6 +316,7 @@ def test_qa_plot_has_one_point_per_length(tmp_path) -> None:
             {"items_file": f"/x/qa-{length}k.jsonl", "budget": 1024, "summary": {"arms": arms}}
         )
     assert [qa_length(r) for r in reports] == [4096, 8192, 16384]
+    assert qa_length({"items_file": "/x/qa-cross-8k.jsonl"}) == 8192
     path = plot_qa_lengths(reports, tmp_path / "qa.png")
     assert 5_000 < path.stat().st_size < 150_000
     for report, budget in zip(reports, (512, 1024, 2048), strict=True):

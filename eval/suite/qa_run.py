@@ -201,6 +201,26 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def reuse_records(
+    path: Path, items: Sequence[dict[str, Any]], records: dict[str, Any]
+) -> list[str]:
+    """Add to ``records`` the arms of an earlier run (``path``) that this run did not run.
+
+    For arms a change does not touch (truncation, BM25, M3, the oracle do not depend on the
+    planner): the earlier run must have been on exactly these items, in this order.
+    """
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    reused = []
+    for arm, rows in earlier["records"].items():
+        if arm in records:
+            continue
+        if [r["id"] for r in rows] != [item["id"] for item in items]:
+            raise SystemExit(f"--reuse {path}: arm {arm} was run on other items")
+        records[arm] = rows
+        reused.append(arm)
+    return reused
+
+
 def compression_factors(setting: str, model: str) -> tuple[int, ...]:
     """The factors ``win-tN`` arms compress at: ``all``, ``checkpoint`` or a list ``2,4``.
 
@@ -330,6 +350,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seconds[arm] = round(time.perf_counter() - t0, 1)
         print(f"[qa_run] {arm}: {seconds[arm]} s", file=sys.stderr, flush=True)
     compare_to = [a for a in args.compare_to.split(",") if a]
+    reused = reuse_records(args.reuse, items, records) if args.reuse else []
     return {
         "kind": "qa",
         "machine": host,
@@ -349,6 +370,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m eval.suite.qa_run " + " ".join(sys.argv[1:]),
         "notes": args.note,
         "seconds": {"prepare": round(prepare_s, 1), **seconds},
+        "reused": {"from": str(args.reuse), "arms": reused} if reused else None,
         "summary": summarize(records, compare_to),
         "records": records,
     }
@@ -381,6 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--note", action="append", default=[], help="a line for the report")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="an earlier report on the same items: its arms not in --arms join this report "
+        "(for arms the change under test does not touch)",
+    )
     parser.add_argument(
         "--summarize-only",
         action="store_true",
