@@ -32,7 +32,7 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,19 +62,23 @@ CONTENT_WORD = re.compile(r"(?<![\w-])[^\W\d_][^\W\d_-]{4,}(?![\w-])")
 _STOPWORDS = set().union(*_STOPWORD_SETS.values())
 
 
+def man_pages(package: str, lang: str, min_bytes: int = 4000) -> Iterator[Document]:
+    """The installed manual pages of ``package`` of at least ``min_bytes`` (compressed)."""
+    files = [
+        f
+        for f in package_files(package)
+        if re.search(r"/man\d\w*/[^/]+\.gz$", str(f)) and f.stat().st_size >= min_bytes
+    ]
+    if not files:
+        print(f"[qa] {package}: not installed or no long pages, skipped", file=sys.stderr)
+        return iter(())
+    return man_documents(package, lang, files)
+
+
 def long_documents(min_bytes: int = 4000, max_per_source: int | None = None) -> Iterator[Document]:
     """Installed documents large enough to give long contexts, in a fixed order."""
     for package, lang in MAN_SOURCES.items():
-        files = [
-            f
-            for f in package_files(package)
-            if re.search(r"/man\d\w*/[^/]+\.gz$", str(f)) and f.stat().st_size >= min_bytes
-        ]
-        if not files:
-            print(f"[qa] {package}: not installed or no long pages, skipped", file=sys.stderr)
-            continue
-        docs = man_documents(package, lang, files)
-        for i, doc in enumerate(docs):
+        for i, doc in enumerate(man_pages(package, lang, min_bytes)):
             if max_per_source is not None and i >= max_per_source:
                 break
             yield doc
@@ -172,6 +176,40 @@ def retriever_trained_on(key: str) -> bool:
     return stable_hash(f"0:{key}") % 1000 >= 100
 
 
+def token_counter(tokenizer: Any) -> Callable[[str], int]:
+    """``text -> its LLM token count``, each distinct text encoded once."""
+    cache: dict[str, int] = {}
+
+    def count(text: str) -> int:
+        if text not in cache:
+            cache[text] = len(tokenizer.encode(text, add_special_tokens=False))
+        return cache[text]
+
+    return count
+
+
+def make_item(
+    item_id: str,
+    doc: Document,
+    context: str,
+    num_tokens: int,
+    question: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """An item's record (fields in the module doc) for a question about ``doc``."""
+    return {
+        "id": item_id,
+        "split": split_of(doc.key, seed),
+        "lang": doc.lang,
+        "key": doc.key,
+        "source": doc.source,
+        "context": context,
+        **question,
+        "length": num_tokens,
+        "retriever_train": retriever_trained_on(doc.key),
+    }
+
+
 def generate(
     docs: Sequence[Document] | Iterator[Document],
     tokenizer: Any,
@@ -180,13 +218,7 @@ def generate(
     min_fraction: float = 0.8,
 ) -> list[dict[str, Any]]:
     """One item per document long enough (at least ``min_fraction`` of ``length`` tokens)."""
-    cache: dict[str, int] = {}
-
-    def count(text: str) -> int:
-        if text not in cache:
-            cache[text] = len(tokenizer.encode(text, add_special_tokens=False))
-        return cache[text]
-
+    count = token_counter(tokenizer)
     items: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     for doc in docs:
@@ -203,19 +235,7 @@ def generate(
         if question is None:
             continue
         seen.add((doc.key, doc.lang))
-        items.append(
-            {
-                "id": f"{doc.doc_id}@{length}",
-                "split": split_of(doc.key, seed),
-                "lang": doc.lang,
-                "key": doc.key,
-                "source": doc.source,
-                "context": context,
-                **question,
-                "length": n,
-                "retriever_train": retriever_trained_on(doc.key),
-            }
-        )
+        items.append(make_item(f"{doc.doc_id}@{length}", doc, context, n, question, seed))
     items.sort(key=lambda item: (item["split"], item["lang"], item["key"]))
     return items
 

@@ -48,15 +48,15 @@ from eval.suite.qa import (
     MAN_SOURCES,
     document_text,
     is_answer_word,
-    retriever_trained_on,
+    make_item,
+    man_pages,
     split_of,
+    token_counter,
 )
 from recipes.m3.build_data import (
     Document,
     in_language,
     is_prose,
-    man_documents,
-    package_files,
     package_version,
     split_sentences,
 )
@@ -180,13 +180,7 @@ def generate(
 
     ``pages`` maps a language to its documents by page key.
     """
-    cache: dict[str, int] = {}
-
-    def count(text: str) -> int:
-        if text not in cache:
-            cache[text] = len(tokenizer.encode(text, add_special_tokens=False))
-        return cache[text]
-
+    count = token_counter(tokenizer)
     items: list[dict[str, Any]] = []
     english = pages.get("en", {})
     for other_lang in sorted(set(pages) - {"en"}):
@@ -214,19 +208,8 @@ def generate(
                 )
                 if question is None:
                     continue
-                items.append(
-                    {
-                        "id": f"{doc.doc_id}<{translation.lang}@{length}",
-                        "split": split,
-                        "lang": doc.lang,
-                        "key": key,
-                        "source": doc.source,
-                        "context": context,
-                        **question,
-                        "length": n,
-                        "retriever_train": retriever_trained_on(key),
-                    }
-                )
+                item_id = f"{doc.doc_id}<{translation.lang}@{length}"
+                items.append(make_item(item_id, doc, context, n, question, seed))
     items.sort(key=lambda item: (item["split"], item["lang"], item["key"]))
     return items
 
@@ -235,18 +218,11 @@ def manual_pages(min_bytes: int = 4000) -> dict[str, dict[str, Document]]:
     """The installed manual pages of :data:`MAN_SOURCES`, by language and page key."""
     pages: dict[str, dict[str, Document]] = {}
     for package, lang in MAN_SOURCES.items():
-        files = [
-            f
-            for f in package_files(package)
-            if re.search(r"/man\d\w*/[^/]+\.gz$", str(f)) and f.stat().st_size >= min_bytes
-        ]
-        if not files:
-            print(f"[qa_cross] {package}: not installed or no long pages, skipped", file=sys.stderr)
-            continue
         by_key: dict[str, Document] = {}
-        for doc in man_documents(package, lang, files):
+        for doc in man_pages(package, lang, min_bytes):
             by_key.setdefault(doc.key, doc)
-        pages[lang] = by_key
+        if by_key:
+            pages[lang] = by_key
     return pages
 
 
