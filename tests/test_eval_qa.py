@@ -295,12 +295,11 @@ def test_reuse_takes_only_missing_arms_of_a_run_on_the_same_items(tmp_path) -> N
     }
     path = tmp_path / "earlier.json"
     path.write_text(json.dumps(earlier))
-    records = {"plan": [{"id": "a", "logprob": -1.0}, {"id": "b", "logprob": -1.5}]}
-    assert qr.reuse_records(path, items, records) == ["truncate"]
-    assert records["plan"][0]["logprob"] == -1.0  # this run's arm is kept
-    assert records["truncate"] == earlier["records"]["truncate"]
+    reused = qr.reuse_records(path, items, ["plan"])
+    assert list(reused) == ["truncate"]  # this run's arm is not taken from the earlier run
+    assert reused["truncate"] == earlier["records"]["truncate"]
     with pytest.raises(SystemExit, match="other items"):
-        qr.reuse_records(path, [{"id": "b"}, {"id": "a"}], {})
+        qr.reuse_records(path, [{"id": "b"}, {"id": "a"}], [])
 
 
 def test_qa_plot_has_one_point_per_length(tmp_path) -> None:

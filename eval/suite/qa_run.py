@@ -202,22 +202,23 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def reuse_records(
-    path: Path, items: Sequence[dict[str, Any]], records: dict[str, Any]
-) -> list[str]:
-    """Add to ``records`` the arms of an earlier run (``path``) that this run did not run.
+    path: Path, items: Sequence[dict[str, Any]], arms: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """The records of an earlier run (``path``) for its arms not in ``arms`` (this run's).
 
     For arms a change does not touch (truncation, BM25, M3, the oracle do not depend on the
-    planner): the earlier run must have been on exactly these items, in this order.
+    planner): the earlier run must have been on exactly these items, in this order. Read before
+    the engine starts, so a mismatch costs nothing.
     """
     earlier = json.loads(path.read_text(encoding="utf-8"))
-    reused = []
+    ids = [item["id"] for item in items]
+    reused = {}
     for arm, rows in earlier["records"].items():
-        if arm in records:
+        if arm in arms:
             continue
-        if [r["id"] for r in rows] != [item["id"] for item in items]:
+        if [r["id"] for r in rows] != ids:
             raise SystemExit(f"--reuse {path}: arm {arm} was run on other items")
-        records[arm] = rows
-        reused.append(arm)
+        reused[arm] = rows
     return reused
 
 
@@ -264,6 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     arms = [a for a in args.arms.split(",") if a]
     for arm in arms:
         check_arm(arm)
+    reused = reuse_records(args.reuse, items, arms) if args.reuse else {}
     # The engine starts before bm25s is imported: bm25s loads numba, whose llvmlite objects
     # break the kernel scan vLLM's CPU worker runs at start-up.
     llm = LLM(
@@ -350,7 +352,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seconds[arm] = round(time.perf_counter() - t0, 1)
         print(f"[qa_run] {arm}: {seconds[arm]} s", file=sys.stderr, flush=True)
     compare_to = [a for a in args.compare_to.split(",") if a]
-    reused = reuse_records(args.reuse, items, records) if args.reuse else []
+    records.update(reused)
     return {
         "kind": "qa",
         "machine": host,
@@ -370,7 +372,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m eval.suite.qa_run " + " ".join(sys.argv[1:]),
         "notes": args.note,
         "seconds": {"prepare": round(prepare_s, 1), **seconds},
-        "reused": {"from": str(args.reuse), "arms": reused} if reused else None,
+        "reused": {"from": str(args.reuse), "arms": list(reused)} if reused else None,
         "summary": summarize(records, compare_to),
         "records": records,
     }
