@@ -309,9 +309,17 @@ def _reused_text(data: dict[str, Any]) -> list[str]:
     reused = data.get("reused")
     if not reused:
         return []
-    arms = ", ".join(reused["arms"])
     source = reused["from"]
-    return [f"Arms {arms}: records of `{source}` (same items; not touched by the change).", ""]
+    kept = [a for a in reused["arms"] if "@" not in a]
+    earlier = [a for a in reused["arms"] if "@" in a]
+    lines = []
+    if kept:
+        arms = ", ".join(kept)
+        lines.append(f"Arms {arms}: records of `{source}` (same items; not touched by the change).")
+    if earlier:
+        arms = ", ".join(earlier)
+        lines.append(f"Arms {arms}: the same arms as `{source}` ran them, before the change.")
+    return [*lines, ""] if lines else []
 
 
 def qa_section(data: dict[str, Any], name: str) -> str:

@@ -287,12 +287,14 @@ def test_summary_and_table_show_intervals_and_paired_differences() -> None:
 
 def test_reuse_takes_only_missing_arms_of_a_run_on_the_same_items(tmp_path) -> None:
     items = [{"id": "a"}, {"id": "b"}]
-    earlier = {
-        "records": {
-            "truncate": [{"id": "a", "logprob": -3.0}, {"id": "b", "logprob": -2.0}],
-            "plan": [{"id": "a", "logprob": -9.0}, {"id": "b", "logprob": -9.0}],
-        }
-    }
+
+    def rows(*logprobs: float) -> list[dict]:
+        return [
+            {"id": i, "logprob": v, "lang": "en", "prompt_tokens": 9}
+            for i, v in zip("ab", logprobs, strict=True)
+        ]
+
+    earlier = {"records": {"truncate": rows(-3.0, -2.0), "plan": rows(-9.0, -9.0)}}
     path = tmp_path / "earlier.json"
     path.write_text(json.dumps(earlier))
     reused = qr.reuse_records(path, items, ["plan"])
@@ -300,6 +302,12 @@ def test_reuse_takes_only_missing_arms_of_a_run_on_the_same_items(tmp_path) -> N
     assert reused["truncate"] == earlier["records"]["truncate"]
     with pytest.raises(SystemExit, match="other items"):
         qr.reuse_records(path, [{"id": "b"}, {"id": "a"}], [])
+    # With a tag, this run's arms keep their earlier records under a new name.
+    tagged = qr.reuse_records(path, items, ["plan"], earlier_tag="before")
+    assert sorted(tagged) == ["plan@before", "truncate"]
+    assert tagged["plan@before"] == earlier["records"]["plan"]
+    summary = qr.summarize({"plan": earlier["records"]["truncate"], **tagged}, ["plan@before"])
+    assert summary["differences"]["plan - plan@before"]["logprob"]["mean"] == pytest.approx(6.5)
 
 
 def test_qa_plot_has_one_point_per_length(tmp_path) -> None:

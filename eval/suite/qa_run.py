@@ -202,23 +202,28 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def reuse_records(
-    path: Path, items: Sequence[dict[str, Any]], arms: Sequence[str]
+    path: Path,
+    items: Sequence[dict[str, Any]],
+    arms: Sequence[str],
+    earlier_tag: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """The records of an earlier run (``path``) for its arms not in ``arms`` (this run's).
 
     For arms a change does not touch (truncation, BM25, M3, the oracle do not depend on the
     planner): the earlier run must have been on exactly these items, in this order. Read before
-    the engine starts, so a mismatch costs nothing.
+    the engine starts, so a mismatch costs nothing. ``earlier_tag``: this run's arms also keep
+    their earlier records, as ``ARM@TAG`` (e.g. ``plan@before``), for a paired comparison of a
+    change against what it replaced.
     """
     earlier = json.loads(path.read_text(encoding="utf-8"))
     ids = [item["id"] for item in items]
     reused = {}
     for arm, rows in earlier["records"].items():
-        if arm in arms:
+        if arm in arms and earlier_tag is None:
             continue
         if [r["id"] for r in rows] != ids:
             raise SystemExit(f"--reuse {path}: arm {arm} was run on other items")
-        reused[arm] = rows
+        reused[f"{arm}@{earlier_tag}" if arm in arms else arm] = rows
     return reused
 
 
@@ -265,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     arms = [a for a in args.arms.split(",") if a]
     for arm in arms:
         check_arm(arm)
-    reused = reuse_records(args.reuse, items, arms) if args.reuse else {}
+    reused = reuse_records(args.reuse, items, arms, args.earlier_tag) if args.reuse else {}
     # The engine starts before bm25s is imported: bm25s loads numba, whose llvmlite objects
     # break the kernel scan vLLM's CPU worker runs at start-up.
     llm = LLM(
@@ -410,6 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="an earlier report on the same items: its arms not in --arms join this report "
         "(for arms the change under test does not touch)",
+    )
+    parser.add_argument(
+        "--earlier-tag",
+        help="with --reuse: the earlier records of this run's arms join too, as ARM@TAG "
+        "(compare a changed arm with what it replaced: --compare-to plan@TAG)",
     )
     parser.add_argument(
         "--summarize-only",
