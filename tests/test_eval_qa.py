@@ -84,6 +84,11 @@ def test_paired_bootstrap_is_narrower_than_comparing_unpaired_intervals() -> Non
         ("The missing word is alphabetically.", False),
         ("no no", False),
         ("1, 2, 3, 4", False),
+        ("/usr/share/pgf/", False),  # a path: its separators join words
+        ("/proc/sys/kernel/stack", False),
+        ("/usr/usr/usr/usr", True),  # ... but a repeated word inside one is still caught
+        ("a - - - - - - b", True),
+        ("1. 1.1.1", True),
     ],
 )
 def test_degeneration_detector(answer: str, expected: bool) -> None:
@@ -330,3 +335,15 @@ def test_qa_plot_has_one_point_per_length(tmp_path) -> None:
         report.update(items_file="/x/qa-8k.jsonl", budget=budget)
     path = plot_qa_budgets(reports, tmp_path / "qa_budget.png")
     assert 5_000 < path.stat().st_size < 150_000
+
+
+def test_stored_answers_are_flagged_again_by_the_current_detector() -> None:
+    records = {
+        "plan": [
+            {"id": "a", "pred": "/usr/share/pgf/", "degenerate": 1.0},  # an older detector's flag
+            {"id": "b", "pred": "* * * *", "degenerate": 0.0},
+            {"id": "c", "logprob": -1.0},  # scored only: no answer to flag
+        ]
+    }
+    qr.redetect_degeneration(records)
+    assert [r.get("degenerate") for r in records["plan"]] == [0.0, 1.0, None]

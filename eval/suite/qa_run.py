@@ -201,6 +201,15 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def redetect_degeneration(records: dict[str, list[dict[str, Any]]]) -> None:
+    """Recompute each stored answer's ``degenerate`` flag with the current detector (records
+    read back from an earlier run were flagged by the detector of their day)."""
+    for rows in records.values():
+        for row in rows:
+            if row.get("pred") is not None:
+                row["degenerate"] = float(is_degenerate(row["pred"]))
+
+
 def reuse_records(
     path: Path,
     items: Sequence[dict[str, Any]],
@@ -224,6 +233,7 @@ def reuse_records(
         if [r["id"] for r in rows] != ids:
             raise SystemExit(f"--reuse {path}: arm {arm} was run on other items")
         reused[f"{arm}@{earlier_tag}" if arm in arms else arm] = rows
+    redetect_degeneration(reused)
     return reused
 
 
@@ -424,12 +434,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--summarize-only",
         action="store_true",
-        help="recompute --out's summary (e.g. other --compare-to arms) from its records",
+        help="recompute --out's summary (e.g. other --compare-to arms) and its answers' "
+        "degeneration flags from its records",
     )
     args = parser.parse_args(argv)
     if args.summarize_only:
         report = json.loads(args.out.read_text(encoding="utf-8"))
         compare_to = [a for a in args.compare_to.split(",") if a]
+        redetect_degeneration(report["records"])
         report["summary"] = summarize(report["records"], compare_to)
         report["notes"] = [*report.get("notes", []), *args.note]
         text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"

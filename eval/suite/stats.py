@@ -80,16 +80,28 @@ def paired_difference(
 
 
 _PIECE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _pieces(answer: str) -> list[str]:
+    """Words and lone symbols: symbols inside a run of non-space text that holds a letter or
+    digit join its words (``/usr/share``, ``1.2``, ``x-y``) and are not counted."""
+    pieces: list[str] = []
+    for run in answer.lower().split():
+        pieces.extend(
+            _WORD.findall(run) if any(ch.isalnum() for ch in run) else _PIECE.findall(run)
+        )
+    return pieces
 
 
 def is_degenerate(answer: str, dominance: float = 0.5, min_repeats: int = 4) -> bool:
     """True for an empty answer or one dominated by one repeated token or symbol.
 
-    The answer is cut into words and single symbols; it is degenerate when it has no
-    letters or digits at all, or when one piece makes at least ``dominance`` of the pieces
-    and repeats at least ``min_repeats`` times.
+    The answer is cut into words and lone symbols (a path or a dotted number is its words, not
+    its separators); it is degenerate when it has no letters or digits at all, or when one
+    piece makes at least ``dominance`` of the pieces and repeats at least ``min_repeats`` times.
     """
-    pieces = _PIECE.findall(answer.lower())
+    pieces = _pieces(answer)
     if not pieces or not any(ch.isalnum() for ch in answer):
         return True
     _, top = Counter(pieces).most_common(1)[0]
