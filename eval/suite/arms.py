@@ -13,7 +13,7 @@ arm                kind   what the LLM gets
 ``oracle``         plan   one k=1 window of ``budget`` tokens centred on the gold sentence
 ``fragments``      plan   M3 sentence scores -> ``plan_spans`` (the first planner)
 ``plan``           plan   the server's plan: :func:`landmark_windows_plan` with its defaults
-                          (window size by document length, whole sentences) on the fused
+                          (its window size, whole sentences) on the fused
                           M3 + BM25 scores, compressing at ``factors`` (none: windows fill
                           the budget; the runner passes the served checkpoint's helpful ones)
 ``win-tN``         plan   :func:`select_windows` token windows of N tokens at k=1 in

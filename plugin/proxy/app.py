@@ -66,7 +66,7 @@ class ProxyConfig:
     model: str | None = None
     api_key: str | None = None
     budget: int = DEFAULT_BUDGET
-    window_tokens: int | None = None  # None: by document length, as the planner
+    window_tokens: int | None = None  # None: the planner's size (windows.WINDOW_TOKENS)
     retriever: RetrieverSetting | None = DEFAULT_RETRIEVER
     max_document_chars: int = LandmarkConfig.max_document_chars
     timeout_s: float = 600.0

@@ -98,7 +98,7 @@ def select_document(
     """The text of ``text`` to paste for ``query`` in at most ``budget`` upstream tokens.
 
     ``window_tokens``: the largest paragraph taken whole and the size of a window around a
-    sentence (default: the planner's rule, :func:`window_tokens_for` the document's length).
+    sentence (default: the planner's, :func:`window_tokens_for`).
     """
     if budget < 1:
         raise SelectionError(f"no room for the document (budget {budget} tokens)")
@@ -127,7 +127,7 @@ def select_document(
         if selection == "position":
             token_windows = _position_windows(n, room)
         else:
-            size = window_tokens or window_tokens_for(n, room)
+            size = window_tokens or window_tokens_for(room)
             token_windows = select_windows(
                 spans, scores, room, size, paragraphs, n, whole_spans=True
             )
