@@ -32,7 +32,7 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +255,35 @@ def select(items: Sequence[dict[str, Any]], split: str, limit: int | None) -> li
     return out[:limit] if limit is not None else out
 
 
+def load_tokenizer(folder: str | None) -> Any:
+    """The LLM tokenizer the items are counted in (default: the prepared SmolLM2)."""
+    from transformers import AutoTokenizer
+
+    if folder is None:
+        from vllm_landmark.default_models import prepare_default_llm
+
+        folder = str(prepare_default_llm())
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def write_items(
+    items: Iterable[dict[str, Any]],
+    out: Path,
+    manifest: dict[str, Any],
+    label: Callable[[dict[str, Any]], str] = lambda item: item["lang"],
+) -> None:
+    """Items as JSON lines and ``<out>.manifest.json`` with their counts by split and ``label``."""
+    items = list(items)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for item in items:
+            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+    counts = Counter((item["split"], label(item)) for item in items)
+    manifest["counts"] = {f"{split}/{key}": n for (split, key), n in sorted(counts.items())}
+    out.with_suffix(".manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    print(json.dumps(manifest["counts"]), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m eval.suite.qa", description=__doc__)
@@ -264,25 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokenizer", help="LLM folder (default: the prepared SmolLM2)")
     parser.add_argument("--max-per-source", type=int, help="documents per source, for trials")
     args = parser.parse_args(argv)
-    from transformers import AutoTokenizer
-
-    if args.tokenizer is None:
-        from vllm_landmark.default_models import prepare_default_llm
-
-        args.tokenizer = str(prepare_default_llm())
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+    tokenizer = load_tokenizer(args.tokenizer)
     items = generate(long_documents(max_per_source=args.max_per_source), tokenizer, args.length)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", encoding="utf-8") as fh:
-        for item in items:
-            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-    counts = Counter((item["split"], item["lang"]) for item in items)
     packages = {p: package_version(p) for p in [*MAN_SOURCES, PYTHON_DOC]}
     manifest = {"length": args.length, "seed": args.seed, "counts": {}, "packages": packages}
-    for (split, lang), n in sorted(counts.items()):
-        manifest["counts"][f"{split}/{lang}"] = n
-    args.out.with_suffix(".manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(json.dumps(manifest["counts"]), file=sys.stderr)
+    write_items(items, args.out, manifest)
     return 0
 
 

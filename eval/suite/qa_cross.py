@@ -34,12 +34,11 @@ page key, as in :mod:`eval.suite.qa`: a page is in the same split in both sets.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +47,12 @@ from eval.suite.qa import (
     MAN_SOURCES,
     document_text,
     is_answer_word,
+    load_tokenizer,
     make_item,
     man_pages,
     split_of,
     token_counter,
+    write_items,
 )
 from recipes.m3.build_data import (
     Document,
@@ -226,19 +227,6 @@ def manual_pages(min_bytes: int = 4000) -> dict[str, dict[str, Document]]:
     return pages
 
 
-def write_items(items: Iterable[dict[str, Any]], out: Path, manifest: dict[str, Any]) -> None:
-    """Items as JSON lines and ``<out>.manifest.json`` with their counts."""
-    items = list(items)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
-        for item in items:
-            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-    counts = Counter((i["split"], f"{i['question_lang']}->{i['lang']}") for i in items)
-    manifest["counts"] = {f"{split}/{pair}": n for (split, pair), n in sorted(counts.items())}
-    out.with_suffix(".manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(json.dumps(manifest["counts"]), file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m eval.suite.qa_cross", description=__doc__)
@@ -247,16 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer", help="LLM folder (default: the prepared SmolLM2)")
     args = parser.parse_args(argv)
-    from transformers import AutoTokenizer
-
-    if args.tokenizer is None:
-        from vllm_landmark.default_models import prepare_default_llm
-
-        args.tokenizer = str(prepare_default_llm())
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
-    items = generate(manual_pages(), tokenizer, args.length, args.seed)
+    items = generate(manual_pages(), load_tokenizer(args.tokenizer), args.length, args.seed)
     packages = {p: package_version(p) for p in MAN_SOURCES}
-    write_items(items, args.out, {"length": args.length, "seed": args.seed, "packages": packages})
+    manifest = {"length": args.length, "seed": args.seed, "packages": packages}
+    write_items(items, args.out, manifest, label=lambda i: f"{i['question_lang']}->{i['lang']}")
     return 0
 
 
