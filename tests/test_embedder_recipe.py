@@ -202,6 +202,35 @@ def test_fit_schedule_rescales_and_survives_resume(tiny_data, tiny_model, tmp_pa
         tiny_config(tiny_model, tiny_data, tmp_path / "x", fit_minutes=1.0, fit_after_steps=3)
 
 
+def test_init_from_starts_a_new_run_at_a_trained_embedder(tiny_data, tiny_model, tmp_path):
+    """`init_from`: the new run's weights are the trained embedder's (with lr 0 they stay so),
+    its step count and optimizer start afresh; a shape that differs is refused by name."""
+    final_a = Trainer(tiny_config(tiny_model, tiny_data, tmp_path / "a"), progress=False).run()
+    assert final_a is not None
+    stages = [{"name": "serving", "task": "plan_qa", "steps": 2, "ar_fraction": 0.5}]
+    config = tiny_config(
+        tiny_model, tiny_data, tmp_path / "c", init_from=str(final_a), lr=0.0, stages=stages
+    )
+    follow = Trainer(config, progress=False)
+    assert follow.step == 0
+    final_c = follow.run()
+    assert final_c is not None
+    from safetensors.torch import load_file
+
+    for name in ("adapter_model.safetensors", "projection.safetensors"):
+        a, c = load_file(final_a / name), load_file(final_c / name)
+        assert set(a) == set(c)
+        for key in a:
+            torch.testing.assert_close(c[key], a[key], atol=0, rtol=0)
+    training = json.loads((final_c / "embedder_config.json").read_text())["training"]
+    assert training["steps"] == 2 and training["config"]["init_from"] == str(final_a)
+    assert training["started_from"]["training"]["steps"] == 6
+
+    wrong = tiny_config(tiny_model, tiny_data, tmp_path / "d", init_from=str(final_a), lora_r=8)
+    with pytest.raises(ValueError, match="init_from .*lora_r"):
+        Trainer(wrong, progress=False)
+
+
 def test_final_on_stop_writes_a_loadable_final(tiny_data, tiny_model, tmp_path):
     trainer = Trainer(tiny_config(tiny_model, tiny_data, tmp_path / "run"), progress=False)
     assert trainer.run(stop_after_steps=3, final_on_stop=True) is None

@@ -62,6 +62,9 @@ class TrainConfig:
 
     name: str = "run"
     base_model: str | None = None
+    #: a trained embedder folder a new run starts from (its weights, a fresh optimizer and
+    #: schedule), e.g. to add a fine-tuning stage to the shipped one; None: a fresh LoRA
+    init_from: str | None = None
     data_dir: str | None = None
     output_dir: str | None = None
     num_layers: int = 4
@@ -291,6 +294,8 @@ class Trainer:
                 config.stages = [StageConfig(**stage) for stage in self.fit["stages"]]
             print(f"resuming from {latest} (step {self.step})", file=sys.stderr)
             return embedder, optimizer
+        if config.init_from is not None:
+            return self._start_from_trained(Path(config.init_from).expanduser())
         embedder = ExtensibleEmbedder.from_base(
             config.base_model,
             num_layers=config.num_layers,
@@ -303,6 +308,25 @@ class Trainer:
         )
         torch.manual_seed(config.seed)  # LoRA A matrices are initialised at random
         embedder.attach_lora()
+        return embedder, self._new_optimizer(embedder)
+
+    def _start_from_trained(
+        self, folder: Path
+    ) -> tuple[ExtensibleEmbedder, torch.optim.Optimizer]:
+        """A trained embedder's weights with its LoRA live again, and a fresh optimizer."""
+        config = self.config
+        embedder = ExtensibleEmbedder.from_pretrained(
+            folder, config.base_model, trainable=True, device=self.device, dtype=self.dtype
+        )
+        trained = embedder.config
+        have = (list(trained.factors), trained.num_layers, trained.lora.r, trained.lora.alpha)
+        want = (list(config.factors), config.num_layers, config.lora_r, config.lora_alpha)
+        if have != want:
+            raise ValueError(
+                f"init_from {folder}: it has (factors, num_layers, lora_r, lora_alpha) {have}, "
+                f"the config {want}; set the config's to match"
+            )
+        print(f"starting from the trained embedder {folder}", file=sys.stderr)
         return embedder, self._new_optimizer(embedder)
 
     def _truncate_metrics(self) -> None:
@@ -416,7 +440,7 @@ class Trainer:
     def training_info(self) -> dict[str, Any]:
         manifest_path = Path(self.config.data_dir) / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        return {
+        info = {
             "recipe": "recipes/embedder (two-stream AR + QA fine-tuning)",
             "config": self.config.to_dict(),
             "steps": self.step,
@@ -425,6 +449,12 @@ class Trainer:
             "elapsed_s": round(self.elapsed_before, 1),
             "data": {"splits": manifest.get("splits"), "summary": manifest.get("summary")},
         }
+        if self.config.init_from is not None:
+            # Provenance: the run this one continued (its own training record).
+            start = Path(self.config.init_from).expanduser() / "embedder_config.json"
+            earlier = json.loads(start.read_text()).get("training") if start.exists() else None
+            info["started_from"] = {"folder": self.config.init_from, "training": earlier}
+        return info
 
     def _checkpoint(self) -> Path:
         state = {
