@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -347,3 +348,19 @@ def test_stored_answers_are_flagged_again_by_the_current_detector() -> None:
     }
     qr.redetect_degeneration(records)
     assert [r.get("degenerate") for r in records["plan"]] == [0.0, 1.0, None]
+
+
+def test_checkpoint_factors_follow_the_embedder_the_engine_serves(tmp_path) -> None:
+    """`--embedder FOLDER`: the plan arm's factors are that checkpoint's helpful ones, not the
+    shipped checkpoint's (a candidate is measured as the server would plan with it)."""
+    shipped = Path(qr.__file__).parents[2] / "plugin/data/embedders/smollm2-135m"
+    config = json.loads((shipped / "embedder_config.json").read_text())
+    assert qr.compression_factors("checkpoint", "unused", str(shipped)) == ()
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    config["factor_help"]["splits"]["dev"]["8"]["low"] = 0.01
+    (candidate / "embedder_config.json").write_text(json.dumps(config))
+    assert qr.compression_factors("checkpoint", "unused", str(candidate)) == (8,)
+    del config["factor_help"]
+    (candidate / "embedder_config.json").write_text(json.dumps(config))
+    assert qr.compression_factors("checkpoint", "unused", str(candidate)) == (2, 4, 8, 16, 32)

@@ -294,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-per-source", type=int, help="documents per source, for trials")
     args = parser.parse_args(argv)
     tokenizer = load_tokenizer(args.tokenizer)
-    items = generate(long_documents(max_per_source=args.max_per_source), tokenizer, args.length)
+    docs = long_documents(max_per_source=args.max_per_source)
+    items = generate(docs, tokenizer, args.length, seed=args.seed)
     packages = {p: package_version(p) for p in [*MAN_SOURCES, PYTHON_DOC]}
     manifest = {"length": args.length, "seed": args.seed, "counts": {}, "packages": packages}
     write_items(items, args.out, manifest)

@@ -237,10 +237,11 @@ def reuse_records(
     return reused
 
 
-def compression_factors(setting: str, model: str) -> tuple[int, ...]:
+def compression_factors(setting: str, model: str, embedder: str = "auto") -> tuple[int, ...]:
     """The factors ``win-tN`` arms compress at: ``all``, ``checkpoint`` or a list ``2,4``.
 
-    ``checkpoint``: the factors the served model's embedder records as helpful
+    ``checkpoint``: the factors the served embedder (``embedder``, the engine's setting) records
+    as helpful
     (:meth:`EmbedderConfig.planning_factors`), as the plugin's planner uses them.
     """
     if setting == "all":
@@ -249,9 +250,9 @@ def compression_factors(setting: str, model: str) -> tuple[int, ...]:
         from vllm_landmark.compression.choice import resolve_embedder
         from vllm_landmark.compression.embedder_config import EmbedderConfig
 
-        choice = resolve_embedder("auto", model)
+        choice = resolve_embedder(embedder, model)
         if choice.path is None:
-            raise SystemExit(f"--factors checkpoint: no trained embedder for {model}")
+            raise SystemExit(f"--factors checkpoint: no trained embedder ({embedder}) for {model}")
         config = EmbedderConfig.from_folder(choice.path)
         return tuple(k for k in config.planning_factors() if k in COMPRESSION_FACTORS)
     factors = tuple(int(k) for k in setting.split(",") if k)
@@ -290,13 +291,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         enforce_eager=True,
         seed=0,
         gpu_memory_utilization=args.memory_utilization,
-        **engine_kwargs(LandmarkConfig(budget=args.budget)),
+        **engine_kwargs(LandmarkConfig(budget=args.budget, embedder=args.embedder)),
     )
     m3 = M3SpanRetriever(args.retriever)
-    factors = compression_factors(args.factors, model)
+    factors = compression_factors(args.factors, model, args.embedder)
     print(f"[qa_run] win-tN arms compress at factors {list(factors)}", flush=True)
     # The plan arm is the server's plan: the factors the served checkpoint records as helping.
-    plan_factors = compression_factors("checkpoint", model) if "plan" in arms else factors
+    plan_factors = (
+        compression_factors("checkpoint", model, args.embedder) if "plan" in arms else factors
+    )
     if "plan" in arms:
         print(f"[qa_run] the plan arm compresses at factors {list(plan_factors)}", flush=True)
     started = time.perf_counter()
@@ -372,6 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "kind": "qa",
         "machine": host,
         "model": Path(model).name,
+        "embedder": args.embedder,
         "dtype": "float32",
         "items_file": str(args.items),
         "split": args.split,
@@ -410,6 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compare-to", default="truncate", help="reference arms for diffs")
     parser.add_argument("--model", help="LLM folder (default: the prepared SmolLM2)")
     parser.add_argument("--retriever", default="default", help="M3 folder or 'default'")
+    parser.add_argument(
+        "--embedder",
+        default="auto",
+        help="k>1 embedder: 'auto' (the shipped one for the model), 'mean-baseline' or a folder "
+        "(to measure a candidate checkpoint before it is shipped)",
+    )
     parser.add_argument("--window", type=int, default=4096, help="engine max_model_len")
     parser.add_argument(
         "--memory-utilization",

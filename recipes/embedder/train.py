@@ -310,9 +310,7 @@ class Trainer:
         embedder.attach_lora()
         return embedder, self._new_optimizer(embedder)
 
-    def _start_from_trained(
-        self, folder: Path
-    ) -> tuple[ExtensibleEmbedder, torch.optim.Optimizer]:
+    def _start_from_trained(self, folder: Path) -> tuple[ExtensibleEmbedder, torch.optim.Optimizer]:
         """A trained embedder's weights with its LoRA live again, and a fresh optimizer."""
         config = self.config
         embedder = ExtensibleEmbedder.from_pretrained(
