@@ -62,6 +62,28 @@ def test_identical_arms_give_an_interval_around_zero() -> None:
         paired_difference([1.0], [1.0, 2.0])
 
 
+def test_cluster_bootstrap_counts_a_page_once_however_many_questions_it_has() -> None:
+    """Three identical copies of each item, clustered by item, give the interval of the items
+    alone; the item bootstrap would call the copies independent and narrow it."""
+    rng = np.random.default_rng(5)
+    values = rng.normal(0.2, 1.0, size=40)
+    alone = mean_interval(values)
+    copies = np.repeat(values, 3)
+    pages = np.repeat(np.arange(40), 3).tolist()
+    clustered = mean_interval(copies, clusters=pages)
+    assert clustered.mean == pytest.approx(alone.mean)
+    assert (clustered.low, clustered.high) == pytest.approx((alone.low, alone.high))
+    assert clustered.n == 120 and clustered.as_dict()["clusters"] == 40
+    naive = mean_interval(copies)
+    assert naive.high - naive.low < 0.7 * (alone.high - alone.low)
+    # One item per cluster is the item bootstrap, draw for draw.
+    singles = mean_interval(values, clusters=[f"p{i}" for i in range(40)])
+    assert (singles.low, singles.high) == pytest.approx((alone.low, alone.high))
+    assert "clusters" not in singles.as_dict()
+    with pytest.raises(ValueError, match="cluster labels"):
+        mean_interval(values, clusters=[0, 1])
+
+
 def test_paired_bootstrap_is_narrower_than_comparing_unpaired_intervals() -> None:
     rng = np.random.default_rng(2)
     base = rng.normal(0, 3, 60)
@@ -273,6 +295,7 @@ def test_summary_and_table_show_intervals_and_paired_differences() -> None:
         records[arm] = [
             {
                 "id": str(i),
+                "key": f"page-{i // 2}",  # two questions per page
                 "lang": "de" if i % 3 else "en",
                 "logprob": -3.0 + shift + rng.normal(0, 0.3),
                 "hit": float(shift > 0),
@@ -287,6 +310,7 @@ def test_summary_and_table_show_intervals_and_paired_differences() -> None:
     assert diff["low"] > 0.7 and diff["high"] < 1.3
     table = qr.markdown({"summary": summary, "split": "test", "budget": 1024})
     assert "| oracle |" in table and "oracle - truncate" in table and "30 items" in table
+    assert "resampling pages (15 pages)" in table and diff["clusters"] == 15
     assert summary["arms"]["oracle"]["by_language"]["en"]["n"] == 10
     assert "| arm | de (20) | en (10) |" in table  # per language, with the item counts
 

@@ -92,6 +92,38 @@ def test_items_quote_the_translation_and_answer_with_the_original() -> None:
     assert again == items  # deterministic
 
 
+def test_more_questions_per_document_ask_about_other_sentences() -> None:
+    """`questions_per_document=3`: the first question of each document is the one-question
+    set's item (same id, same draw); the others quote other sentences of the same context."""
+
+    def rich_pages() -> dict[str, dict[str, Document]]:
+        out: dict[str, dict[str, Document]] = {}
+        for lang, texts in (("en", EN), ("de", DE)):
+            out[lang] = {}
+            for i in range(0, 12, 2):
+                # Every sentence opens with a word of its own: each can be asked about.
+                opened = [f"{name(i)}{'xyz'[j]}: " + t for j, t in enumerate(texts)]
+                doc = page(i, lang)
+                doc.sections[1].paragraphs[:] = [t.format(i=i, name=name(i)) for t in opened]
+                out[lang][f"man:tool{i}"] = doc
+        return out
+
+    one = qc.generate(rich_pages(), WordTokenizer(), length=150, min_fraction=0.5)
+    three = qc.generate(
+        rich_pages(), WordTokenizer(), length=150, min_fraction=0.5, questions_per_document=3
+    )
+    assert {item["id"] for item in one} <= {item["id"] for item in three}
+    by_id = {item["id"]: item for item in three}
+    assert all(by_id[item["id"]] == item for item in one)
+    extra = [item for item in three if "#" in item["id"]]
+    assert len(extra) >= len(one) and len(three) <= 3 * len(one)
+    for item in extra:
+        first = by_id[item["id"].split("#")[0]]
+        assert item["context"] == first["context"] and item["key"] == first["key"]
+        assert item["evidence"] != first["evidence"] and item["question"] != first["question"]
+        assert item["split"] == first["split"]
+
+
 def test_short_pages_are_set_among_other_pages_of_their_split() -> None:
     tokenizer = WordTokenizer()
     collection = pages(40)

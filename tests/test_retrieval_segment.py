@@ -146,6 +146,20 @@ def test_markdown_code_lists_tables_headings() -> None:
     ]
 
 
+def test_a_list_marker_is_never_a_sentence_alone() -> None:
+    """`1. Install ...`: the `.` after the number is a marker, not a sentence end (it used to
+    make `1.` a landmark of its own); the item's later sentences still split."""
+    text = "1. Install it. Then run it.\n2. Done.\niv. Roman item.\n(a) First. Second.\n"
+    assert texts(text) == [
+        "1. Install it.",
+        "Then run it.",
+        "2. Done.",
+        "iv. Roman item.",
+        "(a) First.",
+        "Second.",
+    ]
+
+
 def test_unfenced_code_lines_are_units() -> None:
     text = "x = 1\ny = f(x)\nif y > 2:\n    print(y)\n"
     assert texts(text) == ["x = 1", "y = f(x)", "if y > 2:", "print(y)"]

@@ -112,10 +112,17 @@ def first_sentence(paragraph: str) -> str | None:
     return sentences[0]
 
 
-def make_cross_question(
-    context: str, lang: str, translations: dict[str, str], question_lang: str, rng: random.Random
-) -> dict[str, Any] | None:
-    """A question in ``question_lang`` quoting the translation of one sentence of ``context``."""
+def make_cross_questions(
+    context: str,
+    lang: str,
+    translations: dict[str, str],
+    question_lang: str,
+    rng: random.Random,
+    count: int = 1,
+) -> list[dict[str, Any]]:
+    """Up to ``count`` questions in ``question_lang``, each quoting the translation of a
+    different sentence of ``context``. The first is the one ``count=1`` gives (the same draw of
+    ``rng``), so a set made with more questions per document holds the one-question set."""
     candidates = []
     for paragraph in re.finditer(r"[^\n]+(?:\n[^\n]+)*", context):
         translated = translations.get(paragraph.group())
@@ -133,16 +140,21 @@ def make_cross_question(
                 candidates.append((start, sentence, quote, start + match.start(), word, answer_end))
                 break
     if not candidates:
-        return None
-    start, sentence, quote, word_start, word, answer_end = rng.choice(candidates)
-    return {
-        "question": QUESTIONS[question_lang].format(quote=quote),
-        "question_lang": question_lang,
-        "answer": sentence[:answer_end],
-        "answer_word": word,
-        "evidence": [start, start + len(sentence)],
-        "answer_start": word_start,
-    }
+        return []
+    first = rng.choice(candidates)
+    rest = [c for c in candidates if c is not first]
+    chosen = [first, *rng.sample(rest, min(count - 1, len(rest)))]
+    return [
+        {
+            "question": QUESTIONS[question_lang].format(quote=quote),
+            "question_lang": question_lang,
+            "answer": sentence[:answer_end],
+            "answer_word": word,
+            "evidence": [start, start + len(sentence)],
+            "answer_start": word_start,
+        }
+        for start, sentence, quote, word_start, word, answer_end in chosen
+    ]
 
 
 def assemble_context(
@@ -176,10 +188,13 @@ def generate(
     length: int,
     seed: int = 0,
     min_fraction: float = 0.8,
+    questions_per_document: int = 1,
 ) -> list[dict[str, Any]]:
     """Items for every page in English and another language, both directions.
 
-    ``pages`` maps a language to its documents by page key.
+    ``pages`` maps a language to its documents by page key. With ``questions_per_document``
+    above 1, a document also gets questions about other sentences (ids ``...#2``, ``#3``),
+    on the same context; the first question of each is the one-question set's item.
     """
     count = token_counter(tokenizer)
     items: list[dict[str, Any]] = []
@@ -204,13 +219,13 @@ def generate(
                 if not min_fraction * length <= n <= length:
                     continue
                 translations = aligned_paragraphs(doc, translation)
-                question = make_cross_question(
-                    context, doc.lang, translations, translation.lang, rng
+                questions = make_cross_questions(
+                    context, doc.lang, translations, translation.lang, rng, questions_per_document
                 )
-                if question is None:
-                    continue
                 item_id = f"{doc.doc_id}<{translation.lang}@{length}"
-                items.append(make_item(item_id, doc, context, n, question, seed))
+                for index, question in enumerate(questions, start=1):
+                    suffix = f"#{index}" if index > 1 else ""
+                    items.append(make_item(item_id + suffix, doc, context, n, question, seed))
     items.sort(key=lambda item: (item["split"], item["lang"], item["key"]))
     return items
 
@@ -234,10 +249,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=4096, help="context length, LLM tokens")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer", help="LLM folder (default: the prepared SmolLM2)")
+    parser.add_argument(
+        "--questions-per-document",
+        type=int,
+        default=1,
+        help="questions about different sentences of each document (more items per page; "
+        "qa_run's intervals resample pages, so they stay honest)",
+    )
     args = parser.parse_args(argv)
-    items = generate(manual_pages(), load_tokenizer(args.tokenizer), args.length, args.seed)
+    if args.questions_per_document < 1:
+        parser.error("--questions-per-document must be at least 1")
+    tokenizer = load_tokenizer(args.tokenizer)
+    items = generate(manual_pages(), tokenizer, args.length, args.seed, args.questions_per_document)
     packages = {p: package_version(p) for p in MAN_SOURCES}
-    manifest = {"length": args.length, "seed": args.seed, "packages": packages}
+    manifest: dict[str, Any] = {"length": args.length, "seed": args.seed, "packages": packages}
+    if args.questions_per_document > 1:
+        manifest["questions_per_document"] = args.questions_per_document
     write_items(items, args.out, manifest, label=lambda i: f"{i['question_lang']}->{i['lang']}")
     return 0
 

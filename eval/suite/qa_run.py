@@ -106,19 +106,33 @@ def answer_logprob(output: Any, answer_ids: Sequence[int]) -> float:
 def summarize(
     records: dict[str, list[dict[str, Any]]], compare_to: Sequence[str]
 ) -> dict[str, Any]:
-    """Per-arm means with intervals, and paired differences against ``compare_to`` arms."""
+    """Per-arm means with intervals, and paired differences against ``compare_to`` arms.
+
+    Intervals resample pages: records of one page (``key``: several questions about it, or
+    the page in another language) move together. Records without ``key`` (runs before it
+    was recorded) are their own cluster, the item bootstrap.
+    """
+
+    def page(row: dict[str, Any]) -> str:
+        return row.get("key", row["id"])
+
     arms: dict[str, Any] = {}
     for arm, rows in records.items():
         arms[arm] = {}
         for metric in METRICS:
-            values = [float(r[metric]) for r in rows if r.get(metric) is not None]
-            if values:
-                arms[arm][metric] = mean_interval(values).as_dict()
+            kept = [r for r in rows if r.get(metric) is not None]
+            if kept:
+                values = [float(r[metric]) for r in kept]
+                arms[arm][metric] = mean_interval(values, clusters=[page(r) for r in kept])
+                arms[arm][metric] = arms[arm][metric].as_dict()
         arms[arm]["prompt_tokens"] = sum(r["prompt_tokens"] for r in rows) / len(rows)
-        arms[arm]["by_language"] = {
-            lang: mean_interval([r["logprob"] for r in rows if r["lang"] == lang]).as_dict()
-            for lang in sorted({r["lang"] for r in rows})
-        }
+        arms[arm]["by_language"] = {}
+        for lang in sorted({r["lang"] for r in rows}):
+            of_lang = [r for r in rows if r["lang"] == lang]
+            interval = mean_interval(
+                [r["logprob"] for r in of_lang], clusters=[page(r) for r in of_lang]
+            )
+            arms[arm]["by_language"][lang] = interval.as_dict()
     differences: dict[str, Any] = {}
     for reference in compare_to:
         if reference not in records:
@@ -130,14 +144,16 @@ def summarize(
             shared = [r for r in rows if r["id"] in base]
             entry = {}
             for metric in ("logprob", "hit"):
-                pairs = [
-                    (r[metric], base[r["id"]][metric])
+                kept = [
+                    r
                     for r in shared
                     if r.get(metric) is not None and base[r["id"]].get(metric) is not None
                 ]
-                if pairs:
-                    a, b = zip(*pairs, strict=True)
-                    entry[metric] = paired_difference(a, b).as_dict()
+                if kept:
+                    a = [r[metric] for r in kept]
+                    b = [base[r["id"]][metric] for r in kept]
+                    pages = [page(r) for r in kept]
+                    entry[metric] = paired_difference(a, b, clusters=pages).as_dict()
             differences[f"{arm} - {reference}"] = entry
     return {"arms": arms, "differences": differences}
 
@@ -152,10 +168,13 @@ def _fmt(interval: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -
 def markdown(report: dict[str, Any]) -> str:
     """The tables of one run: per arm, then the paired differences."""
     summary = report["summary"]
-    n = max((a["logprob"]["n"] for a in summary["arms"].values() if "logprob" in a), default=0)
+    logprobs = [a["logprob"] for a in summary["arms"].values() if "logprob" in a]
+    n = max((x["n"] for x in logprobs), default=0)
+    pages = max((x.get("clusters", x["n"]) for x in logprobs), default=0)
+    resampled = f"pages ({pages} pages)" if pages != n else "items"
     lines = [
         f"Split `{report['split']}`, {n} items, budget {report['budget']} tokens of context per "
-        "arm; means with 95% bootstrap intervals over items (2,000 resamples).",
+        f"arm; means with 95% bootstrap intervals resampling {resampled} (2,000 resamples).",
         "",
         "| arm | answer log-prob / token | answer in raw context (%) | hit (%) | degenerate (%) "
         "| prompt tokens |",
@@ -232,6 +251,9 @@ def reuse_records(
             continue
         if [r["id"] for r in rows] != ids:
             raise SystemExit(f"--reuse {path}: arm {arm} was run on other items")
+        for row, item in zip(rows, items, strict=True):
+            if "key" in item:
+                row.setdefault("key", item["key"])  # the page, for page-resampled intervals
         reused[f"{arm}@{earlier_tag}" if arm in arms else arm] = rows
     redetect_degeneration(reused)
     return reused
@@ -353,6 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for i, (item, given) in enumerate(zip(items, inputs[arm], strict=True)):
             row: dict[str, Any] = {
                 "id": item["id"],
+                "key": item["key"],
                 "lang": item["lang"],
                 "logprob": answer_logprob(score_out[i], answers[i]),
                 "answer_tokens": len(answers[i]),

@@ -4,6 +4,11 @@
 * :func:`paired_difference`: the mean of ``a - b`` over the same items and its 95% interval,
   resampling items (both arms keep the same resampled items: a paired bootstrap). An interval
   that excludes 0 says the two arms differ on this item population.
+
+Both take ``clusters`` (one label per item, e.g. the page an item asks about): items of one
+cluster are not independent (two questions about one page, a page and its translation), so the
+bootstrap then resamples whole clusters and the mean is over the items drawn. With one item per
+cluster it is the item bootstrap, draw for draw.
 * :func:`is_degenerate`: an empty answer, or one dominated by a single repeated token or
   symbol ("the the the ...", "!!!!!!", "*****").
 """
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,18 +33,36 @@ class Interval:
     low: float
     high: float
     n: int
+    #: how many clusters the bootstrap resampled (``n`` when items were resampled)
+    clusters: int | None = None
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n}
+        out = {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n}
+        if self.clusters is not None and self.clusters != self.n:
+            out["clusters"] = self.clusters
+        return out
 
 
 def _percentile_interval(
-    values: np.ndarray, resamples: int, seed: int, level: float
+    values: np.ndarray,
+    resamples: int,
+    seed: int,
+    level: float,
+    clusters: Sequence[Hashable] | None = None,
 ) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
-    n = len(values)
+    if clusters is None:
+        sums, counts = values, np.ones(len(values))
+    else:
+        if len(clusters) != len(values):
+            raise ValueError(f"{len(clusters)} cluster labels for {len(values)} values")
+        labels = {label: i for i, label in enumerate(dict.fromkeys(clusters))}
+        of_item = np.array([labels[label] for label in clusters])
+        sums = np.bincount(of_item, weights=values, minlength=len(labels))
+        counts = np.bincount(of_item, minlength=len(labels)).astype(np.float64)
+    n = len(sums)
     index = rng.integers(0, n, size=(resamples, n))
-    means = values[index].mean(axis=1)
+    means = sums[index].sum(axis=1) / counts[index].sum(axis=1)
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
@@ -51,13 +74,16 @@ def mean_interval(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
+    clusters: Sequence[Hashable] | None = None,
 ) -> Interval:
-    """Mean of ``values`` with a percentile-bootstrap interval (resampling items)."""
+    """Mean of ``values`` with a percentile-bootstrap interval (resampling items, or whole
+    ``clusters``: see the module doc)."""
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         raise ValueError("no values: an interval needs at least one item")
-    low, high = _percentile_interval(data, resamples, seed, level)
-    return Interval(float(data.mean()), low, high, int(data.size))
+    low, high = _percentile_interval(data, resamples, seed, level, clusters)
+    groups = None if clusters is None else len(set(clusters))
+    return Interval(float(data.mean()), low, high, int(data.size), groups)
 
 
 def paired_difference(
@@ -67,6 +93,7 @@ def paired_difference(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
+    clusters: Sequence[Hashable] | None = None,
 ) -> Interval:
     """Mean of ``a[i] - b[i]`` with a paired-bootstrap interval; ``a`` and ``b`` share items."""
     if len(a) != len(b):
@@ -76,6 +103,7 @@ def paired_difference(
         resamples=resamples,
         seed=seed,
         level=level,
+        clusters=clusters,
     )
 
 

@@ -249,11 +249,15 @@ class _Segmenter:
         for a, b in _split_long(self.text, start, end, self.max_chars):
             self.out.append(Segment(a, b, "split"))
 
-    def sentences(self, start: int, end: int, kind: SegmentKind = "sentence") -> None:
-        """Split a run of prose at sentence ends."""
+    def sentences(
+        self, start: int, end: int, kind: SegmentKind = "sentence", keep_to: int | None = None
+    ) -> None:
+        """Split a run of prose at sentence ends (none at or before ``keep_to``: a list
+        item's marker such as ``1.`` or ``iv.`` is not a sentence of its own)."""
         last = start
+        floor = start if keep_to is None else keep_to
         for e in _sentence_ends(self.text, start, end):
-            if e > last:
+            if e > last and e > floor:
                 self.emit(last, e, kind)
                 last = e
         self.emit(last, end, kind)
@@ -289,7 +293,9 @@ class _Segmenter:
 
         def flush() -> None:
             if item:
-                self.sentences(item[0][0], item[-1][1], "list")
+                marker = _LIST_ITEM.match(text, item[0][0], item[0][1])
+                keep_to = marker.end() if marker is not None else None
+                self.sentences(item[0][0], item[-1][1], "list", keep_to)
                 item.clear()
             if paragraph:
                 if _is_code(text, paragraph):
