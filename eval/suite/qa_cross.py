@@ -187,6 +187,7 @@ def generate(
     tokenizer: Any,
     length: int,
     seed: int = 0,
+    *,
     min_fraction: float = 0.8,
     questions_per_document: int = 1,
 ) -> list[dict[str, Any]]:
@@ -260,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.questions_per_document < 1:
         parser.error("--questions-per-document must be at least 1")
     tokenizer = load_tokenizer(args.tokenizer)
-    items = generate(manual_pages(), tokenizer, args.length, args.seed, args.questions_per_document)
+    count = args.questions_per_document
+    items = generate(
+        manual_pages(), tokenizer, args.length, args.seed, questions_per_document=count
+    )
     packages = {p: package_version(p) for p in MAN_SOURCES}
     manifest: dict[str, Any] = {"length": args.length, "seed": args.seed, "packages": packages}
     if args.questions_per_document > 1:
