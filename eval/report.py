@@ -350,7 +350,7 @@ def qa_section(data: dict[str, Any], name: str) -> str:
 
 def _questions(data: dict[str, Any]) -> str:
     """``quoted`` (eval.suite.qa: the question quotes the document) or ``cross-language``."""
-    return "cross-language" if "qa-cross-" in Path(data["items_file"]).name else "quoted"
+    return "cross-language" if "qa-cross" in Path(data["items_file"]).name else "quoted"
 
 
 def plan_summary_section(runs: Sequence[Path]) -> str | None:

@@ -388,3 +388,16 @@ def test_checkpoint_factors_follow_the_embedder_the_engine_serves(tmp_path) -> N
     del config["factor_help"]
     (candidate / "embedder_config.json").write_text(json.dumps(config))
     assert qr.compression_factors("checkpoint", "unused", str(candidate)) == (2, 4, 8, 16, 32)
+
+
+def test_runs_from_before_page_keys_get_them_from_their_items_file(tmp_path) -> None:
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        "".join(json.dumps({"id": i, "key": f"p{int(i) // 2}"}) + "\n" for i in "0123")
+    )
+    records = {"plan": [{"id": i, "logprob": -1.0 - int(i)} for i in "0123"]}
+    qr.attach_pages(records, items)
+    assert [row["key"] for row in records["plan"]] == ["p0", "p0", "p1", "p1"]
+    missing = {"plan": [{"id": "0", "logprob": -1.0}]}
+    qr.attach_pages(missing, tmp_path / "gone.jsonl")  # no file: left per item
+    assert "key" not in missing["plan"][0]

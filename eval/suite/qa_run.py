@@ -229,6 +229,22 @@ def redetect_degeneration(records: dict[str, list[dict[str, Any]]]) -> None:
                 row["degenerate"] = float(is_degenerate(row["pred"]))
 
 
+def attach_pages(records: dict[str, list[dict[str, Any]]], items_path: Path) -> None:
+    """Give records of runs made before ``key`` was recorded their item's page (from the items
+    file), so their intervals resample pages too; without the file they stay per item."""
+    if all("key" in row for rows in records.values() for row in rows):
+        return
+    if not items_path.is_file():
+        print(f"[qa_run] {items_path} not found: intervals resample items", file=sys.stderr)
+        return
+    lines = items_path.read_text(encoding="utf-8").splitlines()
+    page_of = {item["id"]: item["key"] for item in map(json.loads, filter(str.strip, lines))}
+    for rows in records.values():
+        for row in rows:
+            if "key" not in row and row["id"] in page_of:
+                row["key"] = page_of[row["id"]]
+
+
 def reuse_records(
     path: Path,
     items: Sequence[dict[str, Any]],
@@ -475,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = json.loads(args.out.read_text(encoding="utf-8"))
         compare_to = [a for a in args.compare_to.split(",") if a]
         redetect_degeneration(report["records"])
+        attach_pages(report["records"], args.items or Path(report["items_file"]))
         report["summary"] = summarize(report["records"], compare_to)
         report["notes"] = [*report.get("notes", []), *args.note]
         text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"
