@@ -160,9 +160,9 @@ def plot_latency(serving: dict[str, Any], path: Path, concurrency: int = 1) -> P
 
 
 def qa_length(report: dict[str, Any]) -> int:
-    """The document length of a QA run: its items' target length (``qa-8k``, ``qa-cross-8k``
-    -> 8192)."""
-    match = re.search(r"qa-(?:cross-)?(\d+)k", Path(report["items_file"]).name)
+    """The document length of a QA run: its items' target length (``qa-8k``, ``qa-cross-8k``,
+    ``qa-cross3-8k`` -> 8192)."""
+    match = re.search(r"qa-(?:cross\d*-)?(\d+)k", Path(report["items_file"]).name)
     if match:
         return int(match[1]) * 1024
     return int(report["mean_length"])

@@ -588,8 +588,13 @@ def qa_length_runs(results: Path) -> list[Path]:
 
 def qa_cross_runs(results: Path) -> list[Path]:
     """Held-out runs of today's plan on cross-language questions (``eval.suite.qa_cross``),
-    one per document length (``qa_test_cross_*.json``)."""
-    return sorted(results.glob("qa_test_cross_*.json"))
+    one per document length: the three-questions-per-document run (``qa_test_cross3_*.json``)
+    where there is one, else the one-question run (``qa_test_cross_*.json``)."""
+    runs = []
+    for path in sorted(results.glob("qa_test_cross_*.json")):
+        more = path.with_name(path.name.replace("qa_test_cross_", "qa_test_cross3_"))
+        runs.append(more if more.is_file() else path)
+    return runs
 
 
 def qa_budget_runs(results: Path) -> list[Path]:
