@@ -382,7 +382,8 @@ def plan_summary_section(runs: Sequence[Path]) -> str | None:
         [
             "## Real-text QA: the server's plan on the held-out split",
             "",
-            "Answer log-prob per token, paired differences with 95% bootstrap intervals (the "
+            "Answer log-prob per token, paired differences with 95% bootstrap intervals "
+            "resampling pages (the "
             "runs' own sections below have every arm, per language). Questions: `quoted` "
             "(`eval.suite.qa`) quote the sentence before the answer word for word, so BM25 "
             "finds it as surely as the oracle; `cross-language` (`eval.suite.qa_cross`) quote "

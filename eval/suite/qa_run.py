@@ -18,8 +18,10 @@ arms send the document with an explicit plan (``eval.suite.arms``). Per item and
   (``eval.suite.stats.is_degenerate``).
 * ``answer_in_context``: whether the gold word reached the LLM raw (pasted, or at k=1).
 
-The summary gives each arm's means with 95% bootstrap intervals over items, and paired
-differences (paired bootstrap over the same items) against the ``--compare-to`` arms.
+The summary gives each arm's means with 95% bootstrap intervals, and paired differences
+(paired bootstrap over the same items) against the ``--compare-to`` arms. The bootstrap draws
+whole pages (the item's ``key``): questions about one page, and a page in two languages, are
+not independent, so counting them as such would narrow the intervals.
 ``eval.report`` renders the JSON (``kind: "qa"``) into ``eval/RESULTS.md``.
 """
 
