@@ -275,7 +275,14 @@ def test_plan_qa_samples_are_planned_documents(tiny_data: Path, tiny_model: Path
         soft = sum(-(-(e - s) // k) for s, e, k in plan)
         assert soft <= n / 2 + 1  # compression (2, 6): at most half the document
         raw = [(s, e) for s, e, k in plan if k == 1]
-        assert raw and all(s in edges and e in edges for s, e in raw), (raw, sorted(edges))
+        assert raw
+        if not all(s in edges and e in edges for s, e in raw):
+            # The one exception the planner makes: the best sentence is longer than the whole
+            # raw budget, so it is cut, and it is then the only window.
+            assert len(raw) == 1, (raw, sorted(edges))
+            start, end = raw[0]
+            inside = [(a, b) for a, b in ranges if a <= start < b]
+            assert inside and end <= inside[0][1], (raw, sorted(edges))
         mixed += any(k > 1 for _, _, k in plan)
         assert sample.factor == max(k for _, _, k in plan)
     assert mixed >= 3  # windows next to compressed gaps, not only windows
