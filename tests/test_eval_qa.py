@@ -396,8 +396,8 @@ def test_runs_from_before_page_keys_get_them_from_their_items_file(tmp_path) -> 
         "".join(json.dumps({"id": i, "key": f"p{int(i) // 2}"}) + "\n" for i in "0123")
     )
     records = {"plan": [{"id": i, "logprob": -1.0 - int(i)} for i in "0123"]}
-    qr.attach_pages(records, items)
+    qr.attach_pages(records, qr.read_items(items))
     assert [row["key"] for row in records["plan"]] == ["p0", "p0", "p1", "p1"]
     missing = {"plan": [{"id": "0", "logprob": -1.0}]}
-    qr.attach_pages(missing, tmp_path / "gone.jsonl")  # no file: left per item
+    qr.attach_pages(missing, qr.read_items(tmp_path / "gone.jsonl"))  # no file: left per item
     assert "key" not in missing["plan"][0]

@@ -32,7 +32,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,8 @@ def summarize(
             kept = [r for r in rows if r.get(metric) is not None]
             if kept:
                 values = [float(r[metric]) for r in kept]
-                arms[arm][metric] = mean_interval(values, clusters=[page(r) for r in kept])
-                arms[arm][metric] = arms[arm][metric].as_dict()
+                interval = mean_interval(values, clusters=[page(r) for r in kept])
+                arms[arm][metric] = interval.as_dict()
         arms[arm]["prompt_tokens"] = sum(r["prompt_tokens"] for r in rows) / len(rows)
         arms[arm]["by_language"] = {}
         for lang in sorted({r["lang"] for r in rows}):
@@ -231,20 +231,23 @@ def redetect_degeneration(records: dict[str, list[dict[str, Any]]]) -> None:
                 row["degenerate"] = float(is_degenerate(row["pred"]))
 
 
-def attach_pages(records: dict[str, list[dict[str, Any]]], items_path: Path) -> None:
-    """Give records of runs made before ``key`` was recorded their item's page (from the items
-    file), so their intervals resample pages too; without the file they stay per item."""
-    if all("key" in row for rows in records.values() for row in rows):
-        return
-    if not items_path.is_file():
-        print(f"[qa_run] {items_path} not found: intervals resample items", file=sys.stderr)
-        return
-    lines = items_path.read_text(encoding="utf-8").splitlines()
-    page_of = {item["id"]: item["key"] for item in map(json.loads, filter(str.strip, lines))}
+def attach_pages(records: dict[str, list[dict[str, Any]]], items: Iterable[dict[str, Any]]) -> None:
+    """Give records of runs made before ``key`` was recorded their item's page, so their
+    intervals resample pages too; records whose item is not in ``items`` stay per item."""
+    page_of = {item["id"]: item["key"] for item in items if "key" in item}
     for rows in records.values():
         for row in rows:
             if "key" not in row and row["id"] in page_of:
                 row["key"] = page_of[row["id"]]
+
+
+def read_items(path: Path) -> list[dict[str, Any]]:
+    """An items file (JSON lines), or ``[]`` with a warning when it is gone."""
+    if not path.is_file():
+        print(f"[qa_run] {path} not found: intervals resample items", file=sys.stderr)
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def reuse_records(
@@ -269,10 +272,8 @@ def reuse_records(
             continue
         if [r["id"] for r in rows] != ids:
             raise SystemExit(f"--reuse {path}: arm {arm} was run on other items")
-        for row, item in zip(rows, items, strict=True):
-            if "key" in item:
-                row.setdefault("key", item["key"])  # the page, for page-resampled intervals
         reused[f"{arm}@{earlier_tag}" if arm in arms else arm] = rows
+    attach_pages(reused, items)
     redetect_degeneration(reused)
     return reused
 
@@ -493,7 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = json.loads(args.out.read_text(encoding="utf-8"))
         compare_to = [a for a in args.compare_to.split(",") if a]
         redetect_degeneration(report["records"])
-        attach_pages(report["records"], args.items or Path(report["items_file"]))
+        if any("key" not in row for rows in report["records"].values() for row in rows):
+            attach_pages(report["records"], read_items(args.items or Path(report["items_file"])))
         report["summary"] = summarize(report["records"], compare_to)
         report["notes"] = [*report.get("notes", []), *args.note]
         text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"

@@ -264,6 +264,13 @@ class Trainer:
             self.template = QATemplate(AutoTokenizer.from_pretrained(config.base_model))
         self.step, self.elapsed_before, self.samples_seen = 0, 0.0, 0
         self.fit: dict[str, Any] | None = None
+        # Provenance for init_from runs: the run this one continued (its own training record),
+        # read once (it travels in every checkpoint's and the final embedder's training info).
+        self.started_from: dict[str, Any] | None = None
+        if config.init_from is not None:
+            start = Path(config.init_from).expanduser() / "embedder_config.json"
+            earlier = json.loads(start.read_text()).get("training") if start.exists() else None
+            self.started_from = {"folder": config.init_from, "training": earlier}
         self.embedder, self.optimizer = self._build_or_resume()
         self.metrics_path = self.output / "metrics.jsonl"
         self._truncate_metrics()
@@ -447,11 +454,8 @@ class Trainer:
             "elapsed_s": round(self.elapsed_before, 1),
             "data": {"splits": manifest.get("splits"), "summary": manifest.get("summary")},
         }
-        if self.config.init_from is not None:
-            # Provenance: the run this one continued (its own training record).
-            start = Path(self.config.init_from).expanduser() / "embedder_config.json"
-            earlier = json.loads(start.read_text()).get("training") if start.exists() else None
-            info["started_from"] = {"folder": self.config.init_from, "training": earlier}
+        if self.started_from is not None:
+            info["started_from"] = self.started_from
         return info
 
     def _checkpoint(self) -> Path:
