@@ -207,6 +207,16 @@ def test_init_from_starts_a_new_run_at_a_trained_embedder(tiny_data, tiny_model,
     its step count and optimizer start afresh; a shape that differs is refused by name."""
     final_a = Trainer(tiny_config(tiny_model, tiny_data, tmp_path / "a"), progress=False).run()
     assert final_a is not None
+    # A measured factor_help record belongs to final_a's weights: the new run must not inherit it.
+    config_a = json.loads((final_a / "embedder_config.json").read_text())
+    effect = {"mean": 0.1, "low": 0.05, "high": 0.2, "n": 20}
+    config_a["factor_help"] = {
+        "metric": "test",
+        "decided_on": "dev",
+        "source": "test",
+        "splits": {"dev": {"2": effect}},
+    }
+    (final_a / "embedder_config.json").write_text(json.dumps(config_a))
     stages = [{"name": "serving", "task": "plan_qa", "steps": 2, "ar_fraction": 0.5}]
     config = tiny_config(
         tiny_model, tiny_data, tmp_path / "c", init_from=str(final_a), lr=0.0, stages=stages
@@ -222,7 +232,9 @@ def test_init_from_starts_a_new_run_at_a_trained_embedder(tiny_data, tiny_model,
         assert set(a) == set(c)
         for key in a:
             torch.testing.assert_close(c[key], a[key], atol=0, rtol=0)
-    training = json.loads((final_c / "embedder_config.json").read_text())["training"]
+    written = json.loads((final_c / "embedder_config.json").read_text())
+    assert written.get("factor_help") is None
+    training = written["training"]
     assert training["steps"] == 2 and training["config"]["init_from"] == str(final_a)
     assert training["started_from"]["training"]["steps"] == 6
 

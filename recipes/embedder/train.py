@@ -331,6 +331,8 @@ class Trainer:
                 f"init_from {folder}: it has (factors, num_layers, lora_r, lora_alpha) {have}, "
                 f"the config {want}; set the config's to match"
             )
+        # Its factor_help record measured those weights, not the ones this run will write.
+        embedder.config = dataclasses.replace(trained, factor_help=None)
         print(f"starting from the trained embedder {folder}", file=sys.stderr)
         return embedder, self._new_optimizer(embedder)
 
