@@ -15,6 +15,7 @@ from eval.suite import qa
 from eval.suite import qa_run as qr
 from eval.suite.stats import is_degenerate, mean_interval, paired_difference
 from recipes.m3.build_data import Document, Section
+from vllm_landmark.compression.embedder_config import EmbedderConfig
 
 
 class WordTokenizer:
@@ -379,9 +380,14 @@ def test_checkpoint_factors_follow_the_embedder_the_engine_serves(tmp_path) -> N
     shipped checkpoint's (a candidate is measured as the server would plan with it)."""
     shipped = Path(qr.__file__).parents[2] / "plugin/data/embedders/smollm2-135m"
     config = json.loads((shipped / "embedder_config.json").read_text())
-    assert qr.compression_factors("checkpoint", "unused", str(shipped)) == ()
+    recorded = EmbedderConfig.from_dict(config).planning_factors()
+    assert qr.compression_factors("checkpoint", "unused", str(shipped)) == recorded
     candidate = tmp_path / "candidate"
     candidate.mkdir()
+    for effect in config["factor_help"]["splits"]["dev"].values():
+        effect["low"] = min(effect["low"], -0.01)
+    (candidate / "embedder_config.json").write_text(json.dumps(config))
+    assert qr.compression_factors("checkpoint", "unused", str(candidate)) == ()
     config["factor_help"]["splits"]["dev"]["8"]["low"] = 0.01
     (candidate / "embedder_config.json").write_text(json.dumps(config))
     assert qr.compression_factors("checkpoint", "unused", str(candidate)) == (8,)

@@ -165,3 +165,64 @@ def test_retriever_plan_is_the_measured_window_arm(tiny_model, tmp_path: Path, r
             assert [list(t) for t in planned.plan.as_triples()] == expected, (n, budget)
             assert planned.selection == "retriever"
             assert planned.plan.soft_tokens <= budget
+
+
+def _qa_report(split: str, differences: dict[str, tuple[float, float, float]]) -> dict:
+    """A qa_run report reduced to what eval.suite.factor_help reads."""
+    return {
+        "split": split,
+        "budget": 1024,
+        "raw_share": 0.75,
+        "summary": {
+            "differences": {
+                name: {"logprob": {"mean": m, "low": lo, "high": hi, "n": 64}}
+                for name, (m, lo, hi) in differences.items()
+            }
+        },
+    }
+
+
+def test_factor_help_decides_against_the_planners_alternative(tmp_path: Path) -> None:
+    """`--against drop` (default) reads `ARM-kK - ARM-drop` (the room spent on more windows),
+    `--against only` reads `ARM-kK - ARM-only`; the record written decides on dev."""
+    from eval.suite import factor_help as fh
+
+    # Soft tokens beat dropping the text at k=16, but not more windows in the same room.
+    dev = _qa_report(
+        "dev",
+        {
+            "win-s64-k16-rrf - win-s64-only-rrf": (0.20, 0.05, 0.35),
+            "win-s64-k16-rrf - win-s64-drop-rrf": (-0.10, -0.30, 0.08),
+            "win-s64-k32-rrf - win-s64-only-rrf": (0.10, -0.05, 0.25),
+            "win-s64-k32-rrf - win-s64-drop-rrf": (0.15, 0.02, 0.30),
+            "win-s64-k16-rrf - bm25": (1.0, 0.5, 1.5),
+        },
+    )
+    test = _qa_report("test", {"win-s64-k16-rrf - win-s64-drop-rrf": (0.0, -0.2, 0.2)})
+    against_drop = fh.record(dev, test, "runs")
+    assert sorted(against_drop.splits["dev"]) == [16, 32]
+    assert [k for k in (16, 32) if against_drop.helps(k)] == [32]
+    assert "filling the whole budget" in against_drop.metric
+    assert "win-s64-rrf" in against_drop.metric
+    only = fh.record(dev, None, "runs", against="only")
+    assert [k for k in (16, 32) if only.helps(k)] == [16]
+    with pytest.raises(ValueError, match="ARM-kK - ARM-drop"):
+        fh.record(_qa_report("dev", {"win-s64-k16-rrf - win-s64-only-rrf": (0, -1, 1)}), None, "")
+    with pytest.raises(ValueError, match="dev-split"):
+        fh.record(test, None, "")
+    mixed = _qa_report(
+        "dev",
+        {
+            "win-s64-k16-rrf - win-s64-drop-rrf": (0.1, 0.0, 0.2),
+            "win-t512-k16 - win-t512-drop": (0.1, 0.0, 0.2),
+        },
+    )
+    with pytest.raises(ValueError, match="need one window arm"):
+        fh.record(mixed, None, "")
+    # The CLI writes the record where the planner reads it.
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / EMBEDDER_CONFIG_NAME).write_text(json.dumps(shipped_config()))
+    (tmp_path / "dev.json").write_text(json.dumps(dev))
+    assert fh.main(["--dev", str(tmp_path / "dev.json"), "--embedder", str(folder)]) == 0
+    assert EmbedderConfig.from_folder(folder).planning_factors() == (32,)
