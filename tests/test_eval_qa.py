@@ -388,7 +388,7 @@ def test_checkpoint_factors_follow_the_embedder_the_engine_serves(tmp_path) -> N
         effect["low"] = min(effect["low"], -0.01)
     (candidate / "embedder_config.json").write_text(json.dumps(config))
     assert qr.compression_factors("checkpoint", "unused", str(candidate)) == ()
-    config["factor_help"]["splits"]["dev"]["8"]["low"] = 0.01
+    config["factor_help"]["splits"]["dev"]["8"] = {"mean": 0.2, "low": 0.01, "high": 0.4, "n": 20}
     (candidate / "embedder_config.json").write_text(json.dumps(config))
     assert qr.compression_factors("checkpoint", "unused", str(candidate)) == (8,)
     del config["factor_help"]
