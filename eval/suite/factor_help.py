@@ -52,21 +52,20 @@ METRIC = (
 )
 
 
-def _differences(report: dict[str, Any], against: str) -> dict[str, re.Match[str]]:
-    """The report's ``ARM-kK - ARM-<against>`` differences by name."""
-    found = {}
-    for name in report["summary"]["differences"]:
+def _differences(report: dict[str, Any], against: str) -> list[tuple[re.Match[str], dict]]:
+    """The report's ``ARM-kK - ARM-<against>`` differences: (name's match, difference)."""
+    found = []
+    for name, diff in report["summary"]["differences"].items():
         match = _DIFFERENCE.match(name)
         if match and match["reference"] == against:
-            found[name] = match
+            found.append((match, diff))
     return found
 
 
 def factor_effects(report: dict[str, Any], against: str = "drop") -> dict[int, FactorEffect]:
     """``{K: paired difference}`` of every ``ARM-kK - ARM-<against>`` in a qa_run report."""
     effects: dict[int, FactorEffect] = {}
-    for name, match in _differences(report, against).items():
-        diff = report["summary"]["differences"][name]
+    for match, diff in _differences(report, against):
         if "logprob" in diff:
             d = diff["logprob"]
             effects[int(match["k"])] = FactorEffect(d["mean"], d["low"], d["high"], int(d["n"]))
@@ -84,7 +83,7 @@ def record(
     """The factor_help record: decided on ``dev``, with ``test`` as the held-out report."""
     if dev["split"] != "dev" or (test is not None and test["split"] != "test"):
         raise ValueError("--dev must be a dev-split run and --test a test-split run")
-    arms = {m["arm"] + m["rrf"] for m in _differences(dev, against).values()}
+    arms = {match["arm"] + match["rrf"] for match, _ in _differences(dev, against)}
     if len(arms) > 1:
         raise ValueError(f"the dev run compares factors on {sorted(arms)}: need one window arm")
     splits = {"dev": factor_effects(dev, against)}
