@@ -7,7 +7,8 @@ modalities it does not know; both are module-level functions looked up by name a
 so wrapping them is enough. Before the chat template runs, every document part is parsed and
 tokenized once (`vllm_landmark.server.chat_documents`) and stands in the prompt as its
 marker; the request's `documents` field becomes document parts of the last user message; chat
-responses get the `landmark` block (what the LLM read of each document, and why). Under data
+responses get the `landmark` block (what the LLM read of each document, and why: the
+request's planned documents, `server.document_work.request_documents`). Under data
 parallelism a chat request with documents names its engine by their content
 (`vllm_landmark.server.affinity`), unless the caller sent `X-data-parallel-rank`.
 Only the API-server process needs it; it is harmless elsewhere.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+from contextvars import ContextVar
 from typing import Any
 
 from vllm_landmark.config import HF_CONFIG_KEY
@@ -115,8 +117,8 @@ def _wrap_resolve_items(original: Any) -> Any:
     return resolve_items
 
 
-def _planner(renderer: Any) -> Any:
-    return renderer.get_mm_processor().info.planner
+def _reader(renderer: Any) -> Any:
+    return renderer.get_mm_processor().info.reader
 
 
 def _wrap_render_chat_offline(original: Any) -> Any:
@@ -128,7 +130,7 @@ def _wrap_render_chat_offline(original: Any) -> Any:
 
         if _landmark_enabled(self.model_config) and any(map(has_document_parts, conversations)):
             try:
-                conversations = [prepare_messages(_planner(self), c) for c in conversations]
+                conversations = [prepare_messages(_reader(self), c) for c in conversations]
             except DocumentError as exc:
                 raise _validation_error(str(exc)) from exc
         return original(self, conversations, chat_params, *args, **kwargs)
@@ -154,8 +156,8 @@ def _wrap_render_chat_online(original: Any) -> Any:
                 request.messages = documents_field_to_parts(request.messages, request.documents)
                 request.documents = None
             if has_document_parts(request.messages):
-                planner = _planner(self.renderer)
-                request.messages = await prepare_messages_async(planner, request.messages)
+                reader = _reader(self.renderer)
+                request.messages = await prepare_messages_async(reader, request.messages)
         except DocumentError as exc:
             metrics().refuse("invalid_document")
             raise _validation_error(str(exc)) from exc
@@ -164,37 +166,41 @@ def _wrap_render_chat_online(original: Any) -> Any:
     return render_chat
 
 
+#: The data-parallel ranks a chat request with documents may be routed among (this request's).
+_routable_ranks: ContextVar[int] = ContextVar("landmark_routable_ranks", default=1)
+
+
 def _wrap_create_chat_completion(original: Any) -> Any:
     @functools.wraps(original)
     async def create_chat_completion(self: Any, request: Any, *args: Any, **kwargs: Any):
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
 
         from vllm_landmark.server.affinity import routable_ranks
-        from vllm_landmark.server.chat_documents import landmark_block, parsed_documents
+        from vllm_landmark.server.chat_documents import landmark_block
+        from vllm_landmark.server.document_work import end_request, request_documents, start_request
         from vllm_landmark.server.files_api import has_file_ids, resolve_file_ids
 
+        if not _landmark_enabled(self.model_config):
+            return await original(self, request, *args, **kwargs)
         raw_request = args[0] if args else kwargs.get("raw_request")
-        if (
-            raw_request is not None
-            and _landmark_enabled(self.model_config)
-            and has_file_ids(request.messages)
-        ):
+        if raw_request is not None and has_file_ids(request.messages):
             try:  # the caller's stored files (its API key decides which it may read)
                 request.messages = resolve_file_ids(request.messages, raw_request)
             except DocumentError as exc:
                 metrics().refuse("file_not_found")
                 return self.create_error_response(_validation_error(str(exc)))
-        if raw_request is not None and _landmark_enabled(self.model_config):
-            ranks = routable_ranks(self.engine_client.vllm_config.parallel_config)
-            if ranks > 1:  # read back by `_get_data_parallel_rank` once the documents are parsed
-                raw_request.state.landmark_affinity = (request, ranks)
-        result = await original(self, request, *args, **kwargs)
-        documents = parsed_documents(request.messages)
+        started = start_request()
+        ranks = _routable_ranks.set(routable_ranks(self.engine_client.vllm_config.parallel_config))
+        try:
+            result = await original(self, request, *args, **kwargs)
+            documents = request_documents()
+        finally:
+            _routable_ranks.reset(ranks)
+            end_request(started)
         if not documents:
             return result
         record_documents(documents)
-        processor = self.renderer.get_mm_processor()
-        block = landmark_block(documents, processor.info.embedder.name)
+        block = landmark_block(documents, self.renderer.get_mm_processor().info.embedder.name)
         if isinstance(result, ChatCompletionResponse):
             result.landmark = block
             return result
@@ -208,20 +214,21 @@ def _wrap_create_chat_completion(original: Any) -> Any:
 def _wrap_data_parallel_rank(original: Any) -> Any:
     """The caller's `X-data-parallel-rank` if any, else the engine its documents' content names.
 
-    vLLM reads the rank after rendering the request, so the documents are parsed by then.
+    vLLM reads the rank after rendering the request, so its documents are planned by then.
     """
 
     @functools.wraps(original)
     def get_data_parallel_rank(raw_request: Any) -> int | None:
         rank = original(raw_request)
-        affinity = getattr(getattr(raw_request, "state", None), "landmark_affinity", None)
-        if rank is not None or affinity is None:
+        ranks = _routable_ranks.get()
+        if rank is not None or ranks <= 1:
             return rank
         from vllm_landmark.server.affinity import affinity_rank
-        from vllm_landmark.server.chat_documents import parsed_documents
+        from vllm_landmark.server.document_work import request_documents
 
-        request, ranks = affinity
-        documents = parsed_documents(request.messages)
+        documents = request_documents()
+        if not documents:
+            return None
         return affinity_rank([document.token_ids for document in documents], ranks)
 
     return get_data_parallel_rank

@@ -15,9 +15,13 @@ from vllm_landmark.document.marker import (
     new_marker,
     split_at_markers,
 )
-from vllm_landmark.document.planning import (
-    DocumentPlanner,
-    ParsedDocument,
+from vllm_landmark.document.reader import DocumentReader, ParsedDocument
+from vllm_landmark.planning import (
+    DocumentToPlan,
+    PlanSettings,
+    ScoredSpans,
+    needs_scores,
+    plan_prompt,
     position_scores,
     share_room,
 )
@@ -76,8 +80,8 @@ def test_position_scores_keep_head_and_tail_first() -> None:
     assert sorted(best) == [0, len(scores.values) - 1]
 
 
-def planner(tokenizer, embedder=NO_EMBEDDER, window: int = 512, **config) -> DocumentPlanner:
-    return DocumentPlanner(LandmarkConfig(**config), tokenizer, window, embedder)
+def planner(tokenizer, embedder=NO_EMBEDDER, window: int = 512, **config) -> DocumentReader:
+    return DocumentReader(LandmarkConfig(**config), tokenizer, window, embedder)
 
 
 def document(n: int, **kwargs) -> ParsedDocument:
@@ -121,7 +125,6 @@ def test_documents_share_the_room_and_the_budget_caps_each(tiny_model) -> None:
     capped = planner(tokenizer, budget=64).plan([short, long], [0, 1], 30)
     assert capped[0].reason == "fits" and capped[1].reason == "budget"
     assert capped[1].plan.soft_tokens == 64
-    assert long.planned is capped[1]  # the parsed document holds its plan
 
 
 def test_given_factors_and_plans_are_kept_and_checked(tiny_model) -> None:
@@ -185,27 +188,51 @@ def test_pipeline_parallel_is_refused_on_the_cpu_build() -> None:
             check_parallelism(SimpleNamespace(pipeline_parallel_size=2))
 
 
-def test_retrieval_is_wanted_only_when_a_document_may_not_fit(tiny_model, tmp_path) -> None:
+def test_retrieval_is_wanted_exactly_where_the_plan_reads_scores(tiny_model, tmp_path) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    calls: list[int] = []
-
-    def text_tokens(count: int):
-        def estimate() -> int:
-            calls.append(count)
-            return count
-
-        return estimate
-
-    # No retriever: never worth it, and the prompt's text is not even counted.
-    assert not planner(tokenizer).may_need_scores([document(600)], text_tokens(10))
-    # A cap the document exceeds decides alone.
+    # No retriever: never scored.
+    assert planner(tokenizer).to_score([document(600)], [0], 10) == [False]
+    # A cap the document exceeds decides alone; a document under it is read whole.
     capped = planner(tokenizer, retriever=str(tmp_path), budget=100)
-    assert capped.may_need_scores([document(600)], text_tokens(10))
-    assert calls == []
+    question = {"text": "x" * 10, "query": "why?"}
+    assert capped.to_score([document(600, **question)], [0], 10) == [True]
+    assert capped.to_score([document(90, **question)], [0], 10) == [False]
     # Otherwise the window decides: 200 + 100 + reserve 128 fits 512, 200 + 200 + 128 does not.
     windowed = planner(tokenizer, retriever=str(tmp_path))
-    assert not windowed.may_need_scores([document(200)], text_tokens(100))
-    assert windowed.may_need_scores([document(200)], text_tokens(200))
-    assert calls == [100, 200]
+    assert windowed.to_score([document(200, **question)], [0], 100) == [False]
+    assert windowed.to_score([document(200, **question)], [0], 200) == [True]
+    # No text or no question: nothing for the retriever to read.
+    assert windowed.to_score([document(200, text="x")], [0], 200) == [False]
+
+
+@pytest.mark.parametrize("budget", [None, 64, 300])
+@pytest.mark.parametrize("factors", [(1,), (1, 4, 16)])
+def test_needs_scores_agrees_with_what_the_plan_reads(budget, factors) -> None:
+    """For every layout, a document is planned by its scores exactly when `needs_scores`
+    says so: planning it with and without scores differs only there."""
+    import random
+
+    rng = random.Random(0)
+    settings = PlanSettings(factors, factors, budget=budget)
+    for _ in range(60):
+        documents = []
+        for _ in range(rng.randint(1, 3)):
+            n = rng.choice([20, 150, 400, 900, 3000])
+            bounds = tuple((a, min(n, a + 25)) for a in range(0, n, 25))
+            values = tuple(rng.random() for _ in bounds)
+            documents.append(DocumentToPlan(tuple([9] * n), 0, ScoredSpans(bounds, values)))
+        text, window, reserve = rng.randint(10, 200), 1024, rng.choice([16, 128])
+        wanted = needs_scores(documents, text, window, reserve, settings)
+        try:
+            scored = plan_prompt(documents, text, window, reserve, settings)
+        except ValueError:
+            continue
+        blind = plan_prompt(
+            [DocumentToPlan(d.token_ids) for d in documents], text, window, reserve, settings
+        )
+        for want, with_scores, without in zip(wanted, scored, blind, strict=True):
+            assert (with_scores.selection == "retriever") == want
+            if not want:
+                assert with_scores == without

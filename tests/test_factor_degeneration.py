@@ -20,9 +20,9 @@ from eval.suite.qa import make_question
 from eval.suite.qa_run import conversation
 from eval.suite.stats import is_degenerate
 from vllm_landmark import LandmarkConfig, engine_kwargs
-from vllm_landmark.compression.windows import select_windows, windows_plan
+from vllm_landmark.planning import select_windows, windows_plan
 
-pytestmark = pytest.mark.smollm2
+pytestmark = [pytest.mark.smollm2, pytest.mark.engine]
 
 BUDGET = 1024
 WINDOW = 2048

@@ -17,7 +17,8 @@ from vllm_landmark.compression.embedder_config import (
 )
 from vllm_landmark.config import LandmarkConfig
 from vllm_landmark.document.marker import DOCUMENT_MARKER
-from vllm_landmark.document.planning import DocumentPlanner, ParsedDocument, SpanScores
+from vllm_landmark.document.reader import DocumentReader, ParsedDocument
+from vllm_landmark.planning import ScoredSpans
 
 SHIPPED = resources.files("vllm_landmark.data") / "embedders" / "smollm2-135m"
 
@@ -57,17 +58,18 @@ def checkpoint(folder: Path, record: dict | None) -> EmbedderChoice:
 
 def factors_chosen(embedder: EmbedderChoice, tokenizer, scored: bool) -> set[int]:
     """Every factor the planner picks over documents of 600-12,000 tokens, budgets 64-1,000."""
-    planner = DocumentPlanner(LandmarkConfig(), tokenizer, 2048, embedder)
+    planner = DocumentReader(LandmarkConfig(), tokenizer, 2048, embedder)
     rng = random.Random(0)
     chosen: set[int] = set()
     for n in (600, 1500, 3000, 6000, 12000):
         for budget in (64, 150, 300, 500, 1000):
             doc = ParsedDocument(token_ids=tuple([7] * n), marker=DOCUMENT_MARKER)
+            scores = None
             if scored:
                 bounds = tuple((a, min(n, a + 40)) for a in range(0, n, 40))
-                doc.scores = SpanScores(bounds, tuple(rng.random() for _ in bounds))
+                scores = ScoredSpans(bounds, tuple(rng.random() for _ in bounds))
             # The window leaves `budget` tokens of room: 2048 - text - the request's max_tokens.
-            planned = planner.plan([doc], [0], 48, max_output_tokens=2048 - 48 - budget)[0]
+            planned = planner.plan([doc], [0], 48, 2048 - 48 - budget, [scores])[0]
             assert planned.plan.soft_tokens <= budget
             chosen |= {s.factor for s in planned.plan.spans}
     return chosen
@@ -88,7 +90,7 @@ def test_planner_never_chooses_factors_recorded_as_not_helping(
     assert not {8, 16} & with_record
     assert with_record & {2, 4, 32}  # compression is still used where it helps
     # A request's explicit plan may still use any factor the checkpoint was trained for.
-    planner = DocumentPlanner(LandmarkConfig(), tokenizer, 2048, recorded)
+    planner = DocumentReader(LandmarkConfig(), tokenizer, 2048, recorded)
     item = {"token_ids": [7] * 100, "plan": [[0, 40, 1], [40, 100, 8]]}
     assert planner.parse(item, DOCUMENT_MARKER).plan == ((0, 40, 1), (40, 100, 8))
 
@@ -148,7 +150,7 @@ def test_retriever_plan_is_the_measured_window_arm(tiny_model, tmp_path: Path, r
     }
     embedder = checkpoint(tmp_path / "ckpt", none_help if record else None)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    planner = DocumentPlanner(LandmarkConfig(), tokenizer, 4096, embedder)
+    planner = DocumentReader(LandmarkConfig(), tokenizer, 4096, embedder)
     factors = () if record else COMPRESSION_FACTORS
     rng = random.Random(1)
     for n in (1500, 3000, 6000):
@@ -156,8 +158,8 @@ def test_retriever_plan_is_the_measured_window_arm(tiny_model, tmp_path: Path, r
             bounds = tuple((a, min(n, a + rng.randint(8, 60))) for a in range(0, n, 60))
             values = tuple(rng.random() for _ in bounds)
             doc = ParsedDocument(token_ids=tuple([7] * n), marker=DOCUMENT_MARKER)
-            doc.scores = SpanScores(bounds, values)
-            planned = planner.plan([doc], [0], 48, max_output_tokens=4096 - 48 - budget)[0]
+            scores = ScoredSpans(bounds, values)
+            planned = planner.plan([doc], [0], 48, 4096 - 48 - budget, [scores])[0]
             view = DocumentView(
                 [7] * n, [], list(bounds), list(values), (0, 1), (0, 1), list(values)
             )

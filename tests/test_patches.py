@@ -8,14 +8,36 @@ import json
 import pytest
 
 from vllm_landmark.document.items import DocumentError
-from vllm_landmark.patches import chat_documents, cli_flags, document_tokens
+from vllm_landmark.patches import chat_documents, cli_flags, document_tokens, overrides
 from vllm_landmark.patches.targets import PatchTargetError, Target, check_targets
 from vllm_landmark.server.chat_documents import documents_field_to_parts, last_user_text
 
 
-@pytest.mark.parametrize("patch", [chat_documents, cli_flags, document_tokens])
+PATCHES = [chat_documents, cli_flags, document_tokens, overrides]
+
+
+@pytest.mark.parametrize("patch", PATCHES)
 def test_every_patch_targets_the_installed_vllm(patch) -> None:
     check_targets(patch.__name__, patch.TARGET_VLLM, patch.TARGETS)
+
+
+def test_every_private_vllm_method_the_plugin_overrides_is_guarded() -> None:
+    """A private method of a vLLM base class that a plugin class overrides is a start-up
+    target of some patch (so a vLLM that renamed it stops the server at start-up)."""
+    from vllm_landmark.document.processor import DocumentDataParser, DocumentMultiModalProcessor
+
+    guarded = {(target.module, target.qualname) for patch in PATCHES for target in patch.TARGETS}
+    overridden = set()
+    for cls in (DocumentDataParser, DocumentMultiModalProcessor):
+        for name in vars(cls):
+            if not name.startswith("_") or name.startswith("__") or not callable(vars(cls)[name]):
+                continue
+            for base in cls.__mro__[1:]:
+                if base.__module__.startswith("vllm.") and name in vars(base):
+                    overridden.add((base.__module__, f"{base.__qualname__}.{name}"))
+                    break
+    assert overridden, "the document classes override no private vLLM method?"
+    assert overridden <= guarded, sorted(overridden - guarded)
 
 
 def test_the_guard_names_the_version_and_the_symbol(monkeypatch) -> None:

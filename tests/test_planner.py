@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from vllm_landmark.compression.planner import PlanError, plan_spans, uniform_plan
+from vllm_landmark.planning import PlanError, plan_spans, uniform_plan
 
 FACTORS = (1, 2, 4, 8, 16, 32)
 

@@ -13,8 +13,10 @@ from transformers import AutoTokenizer
 
 from tests.conftest import TINY_BUDGET, TINY_MAX_DOC_CHARS, TINY_MAX_DOC_TOKENS, TINY_WINDOW
 from vllm_landmark import LandmarkConfig
-from vllm_landmark.compression.factors import choose_factor, num_soft_tokens
+from vllm_landmark.planning import choose_factor, num_soft_tokens
 from vllm_landmark.testing.documents import make_document
+
+pytestmark = pytest.mark.server
 
 QUESTION = "what did the keeper write in the record?"
 

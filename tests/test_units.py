@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vllm_landmark.compression.baseline import mean_pool_groups
-from vllm_landmark.compression.factors import DocumentTooLongError, choose_factor, num_soft_tokens
+from vllm_landmark.planning import DocumentTooLongError, choose_factor, num_soft_tokens
 from vllm_landmark.config import (
     ALLOWED_FACTORS,
     AUTO_EMBEDDER,

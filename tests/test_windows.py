@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from vllm_landmark.compression.planner import PlanError
-from vllm_landmark.compression.windows import (
+from vllm_landmark.planning import PlanError
+from vllm_landmark.planning import (
     paragraph_token_bounds,
     select_windows,
     windows_plan,

@@ -124,7 +124,7 @@ def choose_document_factor(tokenizer: Any, document: str, settings: PredSettings
     if settings.budget is None:
         return None
     from vllm_landmark import LandmarkConfig
-    from vllm_landmark.compression.factors import DocumentTooLongError, choose_factor
+    from vllm_landmark.planning import DocumentTooLongError, choose_factor
 
     n_tokens = len(tokenizer.encode(document, add_special_tokens=False))
     try:

@@ -5,7 +5,8 @@ question; ``select_spans`` keeps the best ones that fit a token budget and retur
 document order. Two retrievers:
 
 * ``lexical``: a BM25 baseline over windows of consecutive sentences (the project's segmenter,
-  :mod:`vllm_landmark.retrieval.segment`; words for Latin scripts, character bigrams for CJK).
+  :mod:`vllm_landmark.retrieval.segment`; words for Latin scripts, character bigrams for CJK;
+  the project's BM25, :func:`vllm_landmark.retrieval.lexical.bm25_rank_texts`).
   No model: a floor to compare against.
 * ``m3``: the project's chunking-free M3 span ranker (``vllm_landmark.retrieval.spans``) with
   a BGE-M3-layout folder; ``RetrieverUnavailable`` when it cannot load.
@@ -13,15 +14,14 @@ document order. Two retrievers:
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from eval.longbench.prompts import TokenizerLike
 from vllm_landmark.config import DEFAULT_RETRIEVER, parse_retriever
+from vllm_landmark.retrieval.lexical import bm25_rank_texts
 from vllm_landmark.retrieval.segment import segment
 
 SPAN_SEPARATOR = "\n...\n"
@@ -87,23 +87,9 @@ class LexicalRetriever:
         for first in range(0, max(1, len(sentences) - self.window + self.stride), self.stride):
             last = min(len(sentences), first + self.window) - 1
             spans.append((sentences[first][0], sentences[last][1]))
-        bags = [Counter(terms(document[s:e])) for s, e in spans]
-        avg_len = sum(sum(b.values()) for b in bags) / len(bags) or 1.0
-        doc_freq: Counter[str] = Counter()
-        for bag in bags:
-            doc_freq.update(bag.keys())
-        query_terms = set(terms(query))
-        results = []
-        for (start, end), bag in zip(spans, bags, strict=True):
-            length = sum(bag.values())
-            score = 0.0
-            for term in query_terms & bag.keys():
-                idf = math.log(1 + (len(bags) - doc_freq[term] + 0.5) / (doc_freq[term] + 0.5))
-                tf = bag[term]
-                norm = tf + self.k1 * (1 - self.b + self.b * length / avg_len)
-                score += idf * tf * (self.k1 + 1) / norm
-            results.append(RetrievedSpan(start, end, score))
-        return results
+        corpus = [terms(document[s:e]) for s, e in spans]
+        scores = bm25_rank_texts(corpus, sorted(set(terms(query))), k1=self.k1, b=self.b)
+        return [RetrievedSpan(s, e, float(v)) for (s, e), v in zip(spans, scores, strict=True)]
 
 
 class M3SpanRetriever:

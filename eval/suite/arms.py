@@ -8,14 +8,14 @@ with an explicit ``[start, end, k]`` plan whose soft tokens are at most ``budget
 arm                kind   what the LLM gets
 =================  =====  ===============================================================
 ``truncate``       text   the context middle-truncated (LongBench's rule)
-``bm25``           text   the best BM25 spans (windows of 2 sentences; ``bm25s``), pasted
+``bm25``           text   the best BM25 spans (windows of 2 sentences), pasted
 ``m3``             text   the best spans of the project's M3 ranker (default retriever)
 ``oracle``         plan   one k=1 window of ``budget`` tokens centred on the gold sentence
 ``fragments``      plan   M3 sentence scores -> ``plan_spans`` (the first planner)
-``plan``           plan   the server's plan: :func:`landmark_windows_plan` with its defaults
-                          (its window size, whole sentences) on the fused
-                          M3 + BM25 scores, compressing at ``factors`` (none: windows fill
-                          the budget; the runner passes the served checkpoint's helpful ones)
+``plan``           plan   the server's plan: :func:`vllm_landmark.planning.plan_document`
+                          (the planner's own call) on the fused M3 + BM25 scores,
+                          compressing at ``factors`` (none: windows fill the budget; the
+                          runner passes the served checkpoint's helpful ones)
 ``win-tN``         plan   :func:`select_windows` token windows of N tokens at k=1 in
                           ``raw_share`` of the budget, the rest compressed
                           (:func:`windows_plan`, factors 2-32)
@@ -40,8 +40,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from eval.longbench.prompts import middle_truncate
 from eval.longbench.retrieval import (
     SPAN_SEPARATOR,
@@ -50,13 +48,17 @@ from eval.longbench.retrieval import (
     sentence_bounds,
 )
 from eval.suite.qa import word_count
-from vllm_landmark.compression.planner import plan_spans
-from vllm_landmark.compression.windows import (
+from vllm_landmark.planning import (
+    PlanSettings,
+    ScoredSpans,
     landmark_windows_plan,
     paragraph_token_bounds,
+    plan_document,
+    plan_spans,
     select_windows,
     windows_plan,
 )
+from vllm_landmark.retrieval.lexical import bm25_rank_texts
 
 COMPRESSION_FACTORS = (2, 4, 8, 16, 32)
 _ARM = re.compile(
@@ -64,36 +66,17 @@ _ARM = re.compile(
     r"(?:-(?P<rest>drop|only|k(?P<k>\d+)))?(?P<rrf>-rrf)?$"
 )
 _BM25_TOKEN = re.compile(r"(?u)\b\w\w+\b")
-
-
-def import_bm25s():
-    """`bm25s` on its numpy backend, without importing numba.
-
-    numba's llvmlite objects in `sys.modules` break vLLM 0.32's kernel scan (`_rebind_kernels`:
-    "'_lib_fn_wrapper' object has no attribute 'get'") when an engine starts later in the same
-    process, as in the suite runner and the test session. The numpy backend gives the same
-    scores.
-    """
-    import sys
-
-    if "bm25s" in sys.modules:
-        return sys.modules["bm25s"]
-    block = "numba" not in sys.modules
-    if block:
-        sys.modules["numba"] = None  # type: ignore[assignment]  # `import numba` now fails
-    try:
-        import bm25s
-    finally:
-        if block:
-            del sys.modules["numba"]
-    return bm25s
+#: The ``bm25`` arm's k1: the ``bm25s`` library's default, which the stored runs used.
+BM25_ARM_K1 = 1.5
 
 
 class Bm25Retriever:
-    """BM25 (the ``bm25s`` library) over windows of ``window`` consecutive sentences.
+    """BM25 (:func:`vllm_landmark.retrieval.lexical.bm25_rank_texts`) over windows of
+    ``window`` consecutive sentences.
 
     Candidates step one sentence at a time, as the project's lexical baseline does; words are
-    lower-cased ``\\w\\w+`` runs (``bm25s``'s default tokenizer), no stemming, no stop words.
+    lower-cased ``\\w\\w+`` runs, no stemming, no stop words; every occurrence of a query word
+    counts (the same scores as the ``bm25s`` library with its defaults, tested).
     """
 
     name = "bm25"
@@ -103,8 +86,6 @@ class Bm25Retriever:
 
     def rank(self, document: str, query: str) -> list[RetrievedSpan]:
         """Every candidate span with its BM25 score against ``query``."""
-        bm25s = import_bm25s()
-
         sentences = sentence_bounds(document)
         if not sentences:
             return []
@@ -112,13 +93,8 @@ class Bm25Retriever:
         for first in range(max(1, len(sentences) - self.window + 1)):
             last = min(len(sentences), first + self.window) - 1
             spans.append((sentences[first][0], sentences[last][1]))
-        corpus = bm25s.tokenize(
-            [document[s:e] for s, e in spans], stopwords=None, show_progress=False
-        )
-        index = bm25s.BM25()
-        index.index(corpus, show_progress=False)
-        terms = [t for t in _BM25_TOKEN.findall(query.lower()) if t in corpus.vocab]
-        scores = index.get_scores(terms) if terms else np.zeros(len(spans))
+        corpus = [_BM25_TOKEN.findall(document[s:e].lower()) for s, e in spans]
+        scores = bm25_rank_texts(corpus, _BM25_TOKEN.findall(query.lower()), k1=BM25_ARM_K1)
         return [RetrievedSpan(s, e, float(v)) for (s, e), v in zip(spans, scores, strict=True)]
 
 
@@ -161,14 +137,10 @@ def document_view(item: dict[str, Any], tokenizer: Any, ranker: Any) -> Document
     )
     if scored.llm_num_tokens != len(ids):
         raise ValueError(f"{item['id']}: the retriever saw {scored.llm_num_tokens} LLM tokens")
-    spans, scores, fused_scores = [], [], []
-    for (a, b), value, fused_value in zip(
-        scored.llm_token_offsets.tolist(), scored.score.tolist(), fused.score.tolist(), strict=True
-    ):
-        if b > a:
-            spans.append((int(a), int(b)))
-            scores.append(float(value))
-            fused_scores.append(float(fused_value))
+    ranges = scored.llm_token_offsets.tolist()
+    plain = ScoredSpans.from_ranges(ranges, scored.score.tolist())
+    fused_spans = ScoredSpans.from_ranges(ranges, fused.score.tolist())
+    spans, scores, fused_scores = list(plain.bounds), list(plain.values), list(fused_spans.values)
     a_start = item["answer_start"]
     return DocumentView(
         token_ids=ids,
@@ -234,10 +206,10 @@ def plan_arm(
     if arm == "oracle":
         windows = select_windows([view.evidence], [1.0], budget, budget, num_tokens=n)
         return [[a, b, 1] for a, b in windows]
-    if arm == "plan":
-        plan = landmark_windows_plan(
-            view.spans, _fused_scores(view, arm), n, budget, factors, raw_share=raw_share
-        )
+    if arm == "plan":  # the planner's own call, as the server makes it
+        settings = PlanSettings((1, *factors), (1, *factors), raw_share=raw_share)
+        scores = ScoredSpans(tuple(view.spans), tuple(_fused_scores(view, arm)))
+        plan, _ = plan_document(n, budget, settings, scores)
         return [list(t) for t in plan.as_triples()]
     if arm == "fragments":
         plan = plan_spans(view.spans, view.scores, budget, (1, *COMPRESSION_FACTORS))

@@ -28,11 +28,11 @@ from vllm.multimodal.processing import (
 from vllm.multimodal.processing.processor import PlaceholderFeaturesInfo
 
 from ..compression.choice import EmbedderChoice, resolve_embedder
-from ..compression.planner import uniform_plan
 from ..config import HF_CONFIG_KEY, LandmarkConfig
+from ..planning import PlannedDocument, uniform_plan
 from . import MODALITY
 from .marker import DOCUMENT_MARKER, filler_token_id
-from .planning import DocumentPlanner, PlannedDocument
+from .reader import DocumentReader
 
 
 class DocumentValidationError(VLLMValidationError, ValueError):
@@ -87,8 +87,8 @@ class DocumentProcessingInfo(BaseProcessingInfo):
         return resolve_embedder(self.landmark_config.embedder, self.ctx.model_config.model)
 
     @cached_property
-    def planner(self) -> DocumentPlanner:
-        return DocumentPlanner(
+    def reader(self) -> DocumentReader:
+        return DocumentReader(
             self.landmark_config,
             self.get_tokenizer(),
             self.ctx.model_config.max_model_len,

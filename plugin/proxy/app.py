@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..config import DEFAULT_RETRIEVER, LandmarkConfig, RetrieverSetting, parse_retriever
 from ..document.items import DocumentError
-from ..document.planning import share_room
+from ..planning import share_room
 from ..server.chat_documents import documents_field_to_parts, has_document_parts, last_user_text
 from ..server.file_parts import DOCUMENT_PART_TYPES, document_from_part
 from ..server.spans_endpoint import STATE_KEY, SpansService

@@ -3,7 +3,7 @@
 A document whose tokens (in the upstream tokenizer) fit its budget is pasted whole. A longer
 one is ranked by the retriever (:meth:`SpanRanker.score_all_spans`, per sentence, with offsets
 in the upstream tokenizer's tokens) and the window rule of
-:func:`vllm_landmark.compression.windows.select_windows` picks contiguous windows around the
+:func:`vllm_landmark.planning.select_windows` picks contiguous windows around the
 best sentences (grown to their paragraph or a window of whole sentences, merged, in document
 order; the sentences ranked by M3 fused with BM25, as the plugin's planner ranks them). Without
 a question, the head and the tail are kept (LongBench's middle truncation).
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compression.windows import paragraph_token_bounds, select_windows, window_tokens_for
+from ..planning import PlanError, PlanSettings, ScoredSpans, paragraph_token_bounds, plan_document
 from .tokenizers import UpstreamTokenizer
 
 #: Between two windows of one document: says to the model that text was left out.
@@ -80,12 +80,6 @@ def _paste(text: str, windows: list[tuple[int, int]]) -> tuple[str, list[tuple[i
     return SEPARATOR.join(pieces), kept
 
 
-def _position_windows(n: int, budget: int) -> list[tuple[int, int]]:
-    """Head and tail, half the budget each (middle truncation)."""
-    head = budget - budget // 2
-    return [(0, head), (n - budget // 2, n)] if budget // 2 else [(0, head)]
-
-
 def select_document(
     text: str,
     query: str | None,
@@ -98,7 +92,7 @@ def select_document(
     """The text of ``text`` to paste for ``query`` in at most ``budget`` upstream tokens.
 
     ``window_tokens``: the largest paragraph taken whole and the size of a window around a
-    sentence (default: the planner's, :func:`window_tokens_for`).
+    sentence (default: the planner's, :func:`vllm_landmark.planning.windows.window_tokens_for`).
     """
     if budget < 1:
         raise SelectionError(f"no room for the document (budget {budget} tokens)")
@@ -107,30 +101,22 @@ def select_document(
     if n <= budget:
         return DocumentSelection(text, n, tokenizer.count(text), budget, "whole", [(0, len(text))])
     timings: dict[str, float] = {}
-    if query is None or ranker is None:
-        selection = "position"
-        spans: list[tuple[int, int]] = []
-        scores: list[float] = []
-    else:
-        selection = "retriever"
+    scores: ScoredSpans | None = None
+    if query is not None and ranker is not None:
         landmarks = ranker.score_all_spans(
             text, query, llm_tokenizer=tokenizer, lexical_fusion=True
         )
         timings = dict(landmarks.timings)
-        ranges = landmarks.llm_token_offsets
-        keep = ranges[:, 1] > ranges[:, 0]  # units that start inside another unit's token
-        spans = [(int(a), int(b)) for a, b in ranges[keep]]
-        scores = [float(s) for s in landmarks.score[keep]]
+        scores = ScoredSpans.from_landmarks(landmarks)
+    settings = PlanSettings(window_tokens=window_tokens)
     paragraphs = paragraph_token_bounds(text, starts.tolist())
     room = budget
     for _ in range(MAX_ROUNDS):
-        if selection == "position":
-            token_windows = _position_windows(n, room)
-        else:
-            size = window_tokens or window_tokens_for(room)
-            token_windows = select_windows(
-                spans, scores, room, size, paragraphs, n, whole_spans=True
-            )
+        try:
+            plan, selection = plan_document(n, room, settings, scores, paragraphs=paragraphs)
+        except PlanError:
+            break
+        token_windows = [(span.start, span.end) for span in plan.spans]
         pasted, windows = _paste(text, _char_windows(token_windows, starts, len(text)))
         kept = tokenizer.count(pasted)
         if kept <= budget:

@@ -12,11 +12,16 @@ sentences are BM25's corpus (document frequencies and the average length); a can
 (a run of sentences) is scored as one BM25 document whose term counts are its sentences' sums.
 The formula is Lucene's (as the ``bm25s`` library computes it: no ``k1 + 1`` factor), and for
 single-sentence spans the scores equal ``bm25s``'s over the sentences (tested).
+
+This module is the project's only BM25: `bm25` is the formula, `bm25_span_scores` the
+planner's lexical ranking over landmarks, and `bm25_rank_texts` BM25 over any corpus of term
+lists (the evaluation's lexical baselines; equal to ``bm25s`` over the same terms, tested).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -57,14 +62,70 @@ def bm25_span_scores(
     counts = np.zeros((len(terms), num_units))
     np.add.at(counts, (pos[hit], unit_of_token), 1.0)
     present = (counts > 0).sum(axis=1)
-    idf = np.log1p((num_units - present + 0.5) / (present + 0.5))
+    idf = bm25_idf(present, num_units)
     cum_counts = np.concatenate([np.zeros((len(terms), 1)), np.cumsum(counts, axis=1)], axis=1)
     cum_lengths = np.concatenate([[0.0], np.cumsum(lengths)])
     s, e = spans[:, 0], spans[:, 1]
     tf = cum_counts[:, e] - cum_counts[:, s]  # (T, m)
     span_lengths = cum_lengths[e] - cum_lengths[s]
-    norm = k1 * (1.0 - b + b * span_lengths / max(float(span_lengths.mean()), 1.0))
-    return (idf[:, None] * tf / (tf + norm[None, :])).sum(axis=0)
+    return bm25(tf, span_lengths, idf, float(span_lengths.mean()), k1=k1, b=b)
+
+
+def bm25_idf(doc_freq: np.ndarray, num_docs: int) -> np.ndarray:
+    """Lucene's inverse document frequency of terms found in ``doc_freq`` of ``num_docs``."""
+    doc_freq = np.asarray(doc_freq, dtype=np.float64)
+    return np.log1p((num_docs - doc_freq + 0.5) / (doc_freq + 0.5))
+
+
+def bm25(
+    tf: np.ndarray,
+    lengths: np.ndarray,
+    idf: np.ndarray,
+    avg_length: float,
+    *,
+    k1: float = BM25_K1,
+    b: float = BM25_B,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """BM25 of ``m`` documents: ``sum_t w_t idf_t tf / (tf + k1 (1 - b + b len / avg_len))``.
+
+    ``tf`` (T, m): each query term's count in each document; ``lengths`` (m,): the documents'
+    lengths in terms; ``idf`` (T,); ``weights`` (T,): how often each term counts (default 1).
+    """
+    norm = k1 * (1.0 - b + b * np.asarray(lengths, dtype=np.float64) / max(avg_length, 1.0))
+    per_term = idf[:, None] * tf / (tf + norm[None, :])
+    if weights is not None:
+        per_term = per_term * np.asarray(weights, dtype=np.float64)[:, None]
+    return per_term.sum(axis=0)
+
+
+def bm25_rank_texts(
+    corpus: Sequence[Sequence[Hashable]],
+    query_terms: Sequence[Hashable],
+    *,
+    k1: float = BM25_K1,
+    b: float = BM25_B,
+) -> np.ndarray:
+    """BM25 of each document of ``corpus`` (a list of terms each) against ``query_terms``.
+
+    Every occurrence of a query term counts (pass unique terms to count each once). Returns
+    (len(corpus),) float64; 0 for a document without any query term.
+    """
+    if not corpus:
+        return np.zeros(0)
+    wanted = Counter(query_terms)
+    terms = list(wanted)
+    index = {term: row for row, term in enumerate(terms)}
+    tf = np.zeros((len(terms), len(corpus)))
+    for column, document in enumerate(corpus):
+        for term in document:
+            row = index.get(term)
+            if row is not None:
+                tf[row, column] += 1.0
+    lengths = np.array([len(document) for document in corpus], dtype=np.float64)
+    idf = bm25_idf((tf > 0).sum(axis=1), len(corpus))
+    weights = np.array([wanted[term] for term in terms], dtype=np.float64)
+    return bm25(tf, lengths, idf, float(lengths.mean()), k1=k1, b=b, weights=weights)
 
 
 def reciprocal_rank_fusion(*rankings: np.ndarray, k: int = RRF_K) -> np.ndarray:

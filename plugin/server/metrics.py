@@ -8,8 +8,8 @@ encoding cache and the file store are read when ``/metrics`` is scraped.
 - ``vllm:landmark_document_raw_tokens_total`` / ``..._injected_tokens_total``: LLM tokens of
   the documents vs the positions the LLM read for them.
 - ``vllm:landmark_document_factor``: histogram of each planned span's scaling factor k.
-- ``vllm:landmark_plan_seconds``: time to read, tokenize and score one request's documents
-  (before the chat template; the budget plan itself follows in microseconds).
+- ``vllm:landmark_plan_seconds``: time to score (when the plan needs it) and plan one prompt's
+  documents, once the prompt around them is tokenized.
 - ``vllm:landmark_retrieval_seconds``: retriever time per document (encoding on a cache
   miss, query forward and span scoring).
 - ``vllm:landmark_encoding_cache_hits_total`` / ``_misses_total`` / ``_bytes``: the
@@ -23,7 +23,7 @@ encoding cache and the file store are read when ``/metrics`` is scraped.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +123,7 @@ def metrics() -> LandmarkMetrics:
             ),
             plan_seconds=Histogram(
                 "vllm:landmark_plan_seconds",
-                "Seconds to read, tokenize and score the documents of one request.",
+                "Seconds to score and plan the documents of one prompt.",
                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             ),
             retrieval_seconds=Histogram(
@@ -174,13 +174,10 @@ def watch_file_store(store: Any) -> None:
     )
 
 
-def record_documents(documents: list[Any]) -> None:
-    """Count the planned documents of one answered request (ParsedDocument objects)."""
+def record_documents(documents: Sequence[Any]) -> None:
+    """Count the planned documents of one answered request (`PlannedDocument` objects)."""
     meter = metrics()
-    for document in documents:
-        planned = document.planned
-        if planned is None:
-            continue
+    for planned in documents:
         meter.raw_tokens.inc(len(planned.token_ids))
         meter.injected_tokens.inc(planned.plan.soft_tokens)
         for span in planned.plan.spans:

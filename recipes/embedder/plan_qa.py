@@ -2,7 +2,7 @@
 
 The QA stage compresses a whole window at one factor; the server never sends that. It keeps
 windows of whole sentences around the sentences that match the question at k = 1 and
-compresses the gaps between them (``compression.windows.landmark_windows_plan``), so the LLM
+compresses the gaps between them (``vllm_landmark.planning.plan_document``), so the LLM
 reads raw text next to soft tokens of several factors. A ``plan_qa`` sample is exactly that:
 
 1. a document window of ``context_tokens`` (re-tokenized from its text, as the server
@@ -12,7 +12,8 @@ reads raw text next to soft tokens of several factors. A ``plan_qa`` sample is e
    document's own sentences (``retrieval.lexical``: the lexical half of the server's fused
    ranking; the M3 half would need the retriever in the training loop);
 3. a budget of ``n / r`` soft tokens for a compression ratio ``r`` drawn from
-   ``plan_compression``, and the planner's own plan into it at the run's factors;
+   ``plan_compression``, and the planner's own plan into it at the run's factors
+   (``vllm_landmark.planning.plan_document``, the server's call);
 4. the chat prompt around the document and the answer as the target, as the QA stage.
 
 Sometimes the answer's sentence is in a raw window, sometimes only in a compressed gap (the
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vllm_landmark.compression.windows import landmark_windows_plan
+from vllm_landmark import planning
 from vllm_landmark.document.tokens import encode_document
 from vllm_landmark.retrieval.encoding import llm_token_offsets
 from vllm_landmark.retrieval.lexical import bm25_span_scores
@@ -38,7 +39,7 @@ from .data import QATemplate, Sample, TokenShards, question_window
 Triple = tuple[int, int, int]
 
 
-def plan_document(
+def plan_for_question(
     token_ids: Sequence[int],
     sentences: Sequence[tuple[int, int]],
     question_ids: Sequence[int],
@@ -51,7 +52,10 @@ def plan_document(
     units = np.asarray(sentences, dtype=np.int64)
     singles = np.stack([np.arange(len(units)), np.arange(len(units)) + 1], axis=1)
     scores = bm25_span_scores(ids, units, singles, question_ids)
-    plan = landmark_windows_plan(list(sentences), scores.tolist(), len(ids), budget, factors)
+    settings = planning.PlanSettings((1, *factors), (1, *factors))
+    plan, _ = planning.plan_document(
+        len(ids), budget, settings, planning.ScoredSpans(tuple(sentences), tuple(scores.tolist()))
+    )
     return [tuple(t) for t in plan.as_triples()]
 
 
@@ -73,11 +77,11 @@ def plan_qa_sample(
     # The document's tokens and sentences exactly as the server's planner gets them.
     ids = encode_document(tokenizer, text)
     ranges, _ = llm_token_offsets(tokenizer, text, segment(text))
-    sentences = [(int(a), int(b)) for a, b in ranges if b > a]
+    sentences = planning.ScoredSpans.from_ranges(ranges.tolist(), [0.0] * len(ranges)).bounds
     ratio = float(rng.uniform(*compression))
     budget = max(1, int(len(ids) / ratio))
     question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
-    plan = plan_document(ids, sentences, question_ids, budget, factors)
+    plan = plan_for_question(ids, sentences, question_ids, budget, factors)
     prefix, suffix, target = template.encode(question, answer)
     return Sample(
         torch.tensor(ids, dtype=torch.long),

@@ -31,7 +31,8 @@ import bisect
 import re
 from collections.abc import Sequence
 
-from .planner import Plan, PlanError, PlannedSpan, plan_spans
+from .ladder import plan_spans
+from .plan import Plan, PlanError, PlannedSpan
 
 Bounds = tuple[int, int]
 

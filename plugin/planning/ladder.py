@@ -1,4 +1,4 @@
-"""The planner: which spans of a document to keep, and at which scaling factor.
+"""The factor ladder: which scored spans of a document to keep, and at which factor.
 
 Input: spans in document order (LLM token offsets), a relevance score per span (from the
 retriever), a soft-token budget and the allowed factors. Output: a `Plan`, the
@@ -19,52 +19,9 @@ just above it. Adjacent kept spans with the same factor are merged (fewer roundi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ..config import ALLOWED_FACTORS
-from .factors import num_soft_tokens
-
-
-class PlanError(ValueError):
-    """The planner's inputs are inconsistent; the message names the value at fault."""
-
-
-@dataclass(frozen=True)
-class PlannedSpan:
-    start: int
-    end: int
-    factor: int
-
-    @property
-    def num_tokens(self) -> int:
-        return self.end - self.start
-
-    @property
-    def soft_tokens(self) -> int:
-        return num_soft_tokens(self.num_tokens, self.factor)
-
-
-@dataclass(frozen=True)
-class Plan:
-    spans: tuple[PlannedSpan, ...]
-
-    @property
-    def soft_tokens(self) -> int:
-        return sum(span.soft_tokens for span in self.spans)
-
-    @property
-    def kept_tokens(self) -> int:
-        return sum(span.num_tokens for span in self.spans)
-
-    def as_triples(self) -> list[tuple[int, int, int]]:
-        return [(s.start, s.end, s.factor) for s in self.spans]
-
-
-def uniform_plan(num_tokens: int, factor: int) -> Plan:
-    """The whole document as one span at one factor."""
-    if num_tokens < 1:
-        raise PlanError("a document needs at least one token")
-    return Plan((PlannedSpan(0, num_tokens, factor),))
+from .plan import Plan, PlanError, PlannedSpan, num_soft_tokens
 
 
 def _check_inputs(
@@ -147,13 +104,3 @@ def plan_spans(
             f"the shortest span needs {min(cost(i, len(ladder) - 1) for i in range(len(bounds)))}"
         )
     return Plan(tuple(merged))
-
-
-def head_and_tail(num_tokens: int, share: int) -> Plan:
-    """The first and last tokens of a document at k=1, `share` tokens in all (middle left out)."""
-    head = -(-share // 2)
-    tail = share - head
-    spans = [PlannedSpan(0, head, 1)]
-    if tail:
-        spans.append(PlannedSpan(num_tokens - tail, num_tokens, 1))
-    return Plan(tuple(spans))
