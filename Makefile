@@ -40,8 +40,9 @@ test: setup m3-reference
 	LANDMARK_M3_REF_PYTHON=$(abspath $(M3REF_VENV))/bin/python \
 		$(PY) -m pytest -p no:cacheprovider -q -rs --durations=15 tests
 
+# The quick loop: no default model, no server, no offline engine (`make test` runs them all).
 test-fast: setup
-	$(PY) -m pytest -p no:cacheprovider -q -m "not smollm2" tests
+	$(PY) -m pytest -p no:cacheprovider -q -m "not smollm2 and not server and not engine" tests
 
 lint: setup
 	$(VENV)/bin/ruff check plugin patches tests eval recipes

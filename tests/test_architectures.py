@@ -11,6 +11,8 @@ from vllm_landmark import LandmarkConfig, engine_kwargs
 from vllm_landmark.testing.documents import make_document
 from vllm_landmark.testing.tiny_llm import build_tiny_llama
 
+pytestmark = pytest.mark.engine
+
 
 @pytest.mark.parametrize("architecture", ["qwen2", "mistral"])
 def test_k1_exact_and_k4_served_for_other_decoders(architecture: str, tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import sys
-import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: never touch the hub
 
@@ -38,7 +38,9 @@ EXPECTED_CONFIG = {
 
 
 @pytest.mark.smollm2
-def test_prepare_default_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_default_llm(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -53,11 +55,15 @@ def test_prepare_default_llm(monkeypatch: pytest.MonkeyPatch) -> None:
         assert config[key] == value, key
     assert "quantization_config" not in config
 
-    # A second call returns the same folder at once and rewrites nothing.
+    # A second call recognises the prepared folder by its marker: no conversion runs (a rebuild
+    # logs "Converting" and renames a new directory into place), and no file is rewritten.
     mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    start = time.monotonic()
-    assert prepare_default_llm() == folder
-    assert time.monotonic() - start < 2.0
+    inode = folder.stat().st_ino
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vllm_landmark.default_models"):
+        assert prepare_default_llm() == folder
+    assert not [r for r in caplog.records if r.getMessage().startswith("Converting")]
+    assert folder.stat().st_ino == inode
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
 
     # Plain transformers load: no gguf_file, and gguf must not even be importable.

@@ -24,7 +24,8 @@ from importlib import resources
 
 import pytest
 
-pytestmark = pytest.mark.smollm2
+# Both tests run an offline engine: the demo command starts one, and so does the second test.
+pytestmark = [pytest.mark.smollm2, pytest.mark.engine]
 
 BUDGET = 1024
 ANSWER = "Ottilie Brandvold"  # the designer, named in one section, mid-document

@@ -233,6 +233,7 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path: Path, tiny_model: Path,
 # --------------------------------------------------------------------------- real server
 
 
+@pytest.mark.server
 def test_pred_against_the_real_tiny_server(tmp_path: Path, tiny_server, tiny_model: Path) -> None:
     """Full and plugin modes end to end; at k=1 the plugin answers exactly like pasted text."""
     data = write_dataset(tmp_path / "data", "qa", qa_items(3, words=40))

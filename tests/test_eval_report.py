@@ -10,6 +10,10 @@ import pytest
 
 from eval import report
 from eval.bench_serving import RssSampler, content_for
+from eval.provenance import KEYS, missing_keys, provenance, with_provenance
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "eval" / "results"
 
 MACHINE = {"arch": "x86_64", "cpu": "test cpu", "cpus": 2, "memory_gib": 24.0, "os": "Linux",
            "python": "3.11", "gpu": None}  # fmt: skip
@@ -78,7 +82,7 @@ def test_report_and_plots(tmp_path: Path) -> None:
     results = tmp_path / "results"
     write_results(results)
     out = tmp_path / "RESULTS.md"
-    assert report.main(["--results", str(results), "--out", str(out)]) == 0
+    assert report.main(["--results", str(results), "--out", str(out), "--no-readme"]) == 0
     text = out.read_text()
     assert "2 vCPU x86_64 (test cpu)" in text
     assert (
@@ -107,3 +111,51 @@ def test_rss_sampler_sees_this_process() -> None:
 
         time.sleep(0.1)
     assert sampler.peak >= 64 << 20
+
+
+def test_readme_and_results_match_the_result_files() -> None:
+    """The drift check: README.md's generated sections and eval/RESULTS.md are exactly what
+    `python -m eval.report` makes from the current files in eval/results/ (run it to fix)."""
+    problems = report.drift(RESULTS, REPO / "eval" / "RESULTS.md", REPO / "README.md")
+    assert not problems, "\n\n".join(problems)
+
+
+def test_drift_is_caught(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- report:measured -->")
+    edited = tmp_path / "README.md"
+    # a hand-edited number inside a generated section
+    edited.write_text(readme[:start] + readme[start:].replace("x", "y", 1))
+    out = tmp_path / "RESULTS.md"
+    out.write_text((REPO / "eval" / "RESULTS.md").read_text())
+    problems = report.drift(RESULTS, out, edited)
+    assert len(problems) == 1 and str(edited) in problems[0]
+    assert report.main(["--check", "--results", str(RESULTS), "--out", str(out),
+                        "--readme", str(edited)]) == 1  # fmt: skip
+    with pytest.raises(ValueError, match="no such section"):
+        report.render_readme("<!-- report:nothing -->\n<!-- /report -->", {})
+    with pytest.raises(ValueError, match="no section for"):
+        report.render_readme("no sections", {"measured": "| a |"})
+
+
+def test_current_results_carry_the_provenance_header() -> None:
+    results = sorted(RESULTS.glob("*.json"))
+    assert results
+    for path in results:
+        assert missing_keys(json.loads(path.read_text())) == [], path.name
+    assert not list(RESULTS.glob("*.notes.md")) or all(
+        (RESULTS / (p.name.removesuffix(".notes.md") + ".json")).is_file()
+        for p in RESULTS.glob("*.notes.md")
+    ), "a notes file without its current result (move it to archive/ with its JSON)"
+
+
+def test_provenance_header() -> None:
+    header = provenance("eval.bench_ttft", ["--budget", "1024", "--note", "two words"],
+                        config={"out": Path("x.json"), "factors": (1, 2)})  # fmt: skip
+    assert tuple(header) == KEYS
+    assert header["command"] == "python -m eval.bench_ttft --budget 1024 --note 'two words'"
+    assert header["config"] == {"out": "x.json", "factors": [1, 2]}
+    assert header["embedder"] is None
+    assert header["machine"]["cpus"] >= 1
+    result = with_provenance({"a": 1, "provenance": "old"}, header)
+    assert list(result) == ["provenance", "a"] and missing_keys(result) == []

@@ -3,11 +3,12 @@ real server started with two API keys and an on-disk file store, driven by the o
 
 from __future__ import annotations
 
+import json
 import random
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -68,21 +69,22 @@ def _client(server: ServerProcess, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0, timeout=120)
 
 
-def _ask(client: openai.OpenAI, file_id: str) -> openai.types.chat.ChatCompletion:
+def _ask_with(client: openai.OpenAI, part: dict[str, Any]) -> openai.types.chat.ChatCompletion:
     return client.chat.completions.create(
         model=client.models.list().data[0].id,
         messages=[
             {
                 "role": "user",
-                "content": [
-                    {"type": "file", "file": {"file_id": file_id}},
-                    {"type": "text", "text": "Question: what is this about?"},
-                ],
+                "content": [part, {"type": "text", "text": "Question: what is this about?"}],
             }
         ],
         max_tokens=4,
         temperature=0,
     )
+
+
+def _ask(client: openai.OpenAI, file_id: str) -> openai.types.chat.ChatCompletion:
+    return _ask_with(client, {"type": "file", "file": {"file_id": file_id}})
 
 
 def _upload(client: openai.OpenAI, text: str, name: str = "report.txt") -> str:
@@ -144,7 +146,8 @@ def test_sdk_upload_chat_twice_list_delete(files_server: ServerProcess) -> None:
 
 def test_a_key_cannot_read_list_or_use_another_keys_file(files_server: ServerProcess) -> None:
     alice, bob = _client(files_server, KEY_A), _client(files_server, KEY_B)
-    file_id = _upload(alice, _text(200, seed=4))
+    text = _text(200, seed=4)
+    file_id = _upload(alice, text)
     assert file_id not in [f.id for f in bob.files.list()]
     with pytest.raises(openai.NotFoundError):
         bob.files.retrieve(file_id)
@@ -156,7 +159,14 @@ def test_a_key_cannot_read_list_or_use_another_keys_file(files_server: ServerPro
         _ask(bob, file_id)
     with pytest.raises(openai.AuthenticationError):
         _client(files_server, "wrong-key").files.list()
-    assert _ask(alice, file_id).choices[0].message.content is not None
+    # Bob's tries left Alice's file as uploaded: she reads it back, and a chat naming it is
+    # answered exactly as one that sends the same text inline.
+    assert alice.files.content(file_id).text == text
+    by_id = _ask(alice, file_id)
+    inline = _ask_with(alice, {"type": "document", "document": {"text": text}})
+    assert by_id.choices[0].message.content == inline.choices[0].message.content
+    assert by_id.usage.prompt_tokens == inline.usage.prompt_tokens
+    assert by_id.model_extra["landmark"] == inline.model_extra["landmark"]
     alice.files.delete(file_id)
 
 
@@ -214,25 +224,41 @@ def test_an_oversized_chat_body_is_refused_before_it_is_read(files_server: Serve
 
 
 def test_a_slow_upload_does_not_block_others(files_server: ServerProcess) -> None:
-    """A client that sends part of an upload and stalls; others are served meanwhile."""
+    """A client sends part of an upload and stalls: others are served while it is still open
+    and unanswered, and it is stored once the rest of its body arrives."""
     boundary = "slowboundary"
     part = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n'
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.txt"\r\n'
         "Content-Type: text/plain\r\n\r\nslow text"
     ).encode()
+    rest = f"\r\n--{boundary}--\r\n".encode()
     headers = {
         "Content-Type": f"multipart/form-data; boundary={boundary}",
-        "Content-Length": str(len(part) + 1000),
+        "Content-Length": str(len(part) + len(rest)),
+        "Connection": "close",
     }
-    with _raw_post(files_server, "/v1/files", headers, part):
-        client = _client(files_server, KEY_A)
-        started = time.perf_counter()
+    client = _client(files_server, KEY_A)
+    with _raw_post(files_server, "/v1/files", headers, part) as sock:
         file_id = _upload(client, "a quick upload while another one stalls")
-        client.files.list()
-        _ask(client, file_id)
-        assert time.perf_counter() - started < 20
+        assert file_id in [f.id for f in client.files.list()]
+        assert _ask(client, file_id).model_extra["landmark"]["documents"][0]["raw_tokens"] > 0
         client.files.delete(file_id)
+        # All of that was answered while the stalled upload had no answer yet (nor was closed).
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1, socket.MSG_PEEK)
+        sock.settimeout(120)
+        sock.sendall(rest)
+        answer = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after its answer
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer
+    stored = json.loads(body)
+    assert (stored["filename"], stored["bytes"]) == ("s.txt", len(b"slow text"))
+    assert client.files.content(stored["id"]).text == "slow text"
+    client.files.delete(stored["id"])
 
 
 def test_files_survive_a_restart(

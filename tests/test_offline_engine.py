@@ -11,8 +11,8 @@ import torch
 
 from vllm_landmark import DOCUMENT_MARKER, LandmarkConfig, engine_kwargs
 from vllm_landmark.compression.baseline import mean_pool_groups
-from vllm_landmark.planning import choose_factor, num_soft_tokens
 from vllm_landmark.document.marker import filler_token_id
+from vllm_landmark.planning import choose_factor, num_soft_tokens
 from vllm_landmark.testing.documents import make_document
 from vllm_landmark.testing.tiny_llm import greedy_with_soft_tokens
 

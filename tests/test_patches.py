@@ -12,7 +12,6 @@ from vllm_landmark.patches import chat_documents, cli_flags, document_tokens, ov
 from vllm_landmark.patches.targets import PatchTargetError, Target, check_targets
 from vllm_landmark.server.chat_documents import documents_field_to_parts, last_user_text
 
-
 PATCHES = [chat_documents, cli_flags, document_tokens, overrides]
 
 

@@ -36,8 +36,6 @@ from vllm_landmark.retrieval.service import get_span_ranker
 from vllm_landmark.testing.server_process import ServerProcess, free_port
 from vllm_landmark.testing.tiny_m3 import build_tiny_m3, generate_text
 
-pytestmark = pytest.mark.server
-
 PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 BUDGET = 200
 WINDOW = 1024
@@ -263,6 +261,7 @@ def test_short_document_is_pasted_whole(test_encoding: tiktoken.Encoding) -> Non
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.server
 def test_chat_equals_upstream_with_the_selected_text(
     hf_proxy: ProxyThread, upstream: ServerProcess, tiny_model: Path, document: str
 ) -> None:
@@ -290,6 +289,7 @@ def test_chat_equals_upstream_with_the_selected_text(
     assert "landmark" not in (direct.model_extra or {})
 
 
+@pytest.mark.server
 def test_streaming_carries_the_block_on_the_last_chunk(
     hf_proxy: ProxyThread, tiny_model: Path, document: str
 ) -> None:
@@ -312,6 +312,7 @@ def test_streaming_carries_the_block_on_the_last_chunk(
     assert all(b is None for b in blocks[:-1])
 
 
+@pytest.mark.server
 def test_document_parts_and_documents_field(
     tiktoken_proxy: ProxyThread, test_encoding: tiktoken.Encoding, document: str
 ) -> None:
@@ -356,6 +357,7 @@ def test_document_parts_and_documents_field(
     assert row["kept_tokens"] <= BUDGET
 
 
+@pytest.mark.server
 def test_request_without_documents_is_forwarded_untouched(
     hf_proxy: ProxyThread, upstream: ServerProcess, tiny_model: Path
 ) -> None:
@@ -372,6 +374,7 @@ def test_request_without_documents_is_forwarded_untouched(
     assert [m.id for m in models.data] == [str(tiny_model)]
 
 
+@pytest.mark.server
 @pytest.mark.parametrize(
     ("part", "message"),
     [
@@ -399,6 +402,7 @@ def test_bad_documents_are_400_in_vllm_format(
     assert (error["type"], error["code"], error["param"]) == ("BadRequestError", 400, "messages")
 
 
+@pytest.mark.server
 def test_upstream_errors_pass_through(hf_proxy: ProxyThread, document: str) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client(hf_proxy.base_url).chat.completions.create(
@@ -411,6 +415,7 @@ def test_upstream_errors_pass_through(hf_proxy: ProxyThread, document: str) -> N
     assert "no-such-model" in str(info.value)
 
 
+@pytest.mark.server
 def test_spans_route_counts_upstream_tokens(
     tiktoken_proxy: ProxyThread, test_encoding: tiktoken.Encoding, document: str
 ) -> None:

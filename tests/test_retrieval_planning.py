@@ -15,8 +15,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from vllm_landmark.planning import landmark_windows_plan
 from vllm_landmark.config import ALLOWED_FACTORS
+from vllm_landmark.planning import landmark_windows_plan
 from vllm_landmark.testing.documents import make_document
 from vllm_landmark.testing.server_process import ServerProcess
 from vllm_landmark.testing.tiny_m3 import build_tiny_m3

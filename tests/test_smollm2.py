@@ -38,6 +38,7 @@ def document() -> str:
     return "\n\n".join(kept).strip()
 
 
+@pytest.mark.engine
 def test_offline_k1_matches_pasted_text(smollm2: Path, document: str) -> None:
     from vllm import LLM, SamplingParams
 
@@ -74,6 +75,7 @@ def smollm2_server(smollm2: Path, tmp_path_factory) -> Iterator[ServerProcess]:
         yield server
 
 
+@pytest.mark.server
 def test_server_k1_matches_pasted_text(
     smollm2_server: ServerProcess, smollm2: Path, document: str
 ) -> None:

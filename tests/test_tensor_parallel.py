@@ -272,6 +272,7 @@ def sharded(tp_model: Path, trained_embedder: Path, single: dict) -> dict:
         os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
 
 
+@pytest.mark.engine
 @two_cores
 def test_tp2_engine_answers_as_tp1(single: dict, sharded: dict) -> None:
     assert sharded["prompt"] == single["prompt"]
@@ -284,6 +285,7 @@ def test_tp2_engine_answers_as_tp1(single: dict, sharded: dict) -> None:
         )
 
 
+@pytest.mark.engine
 @two_cores
 def test_each_tp2_rank_holds_half_of_the_embedder(single: dict, sharded: dict) -> None:
     (whole,) = single["ranks"]

@@ -18,6 +18,8 @@ from vllm_landmark.document.marker import filler_token_id
 from vllm_landmark.testing.documents import make_document
 from vllm_landmark.testing.tiny_llm import build_tiny_llama, greedy_with_soft_tokens
 
+pytestmark = pytest.mark.engine
+
 
 @pytest.fixture(scope="module")
 def embedder_folder(tiny_model: Path, tmp_path_factory) -> Path:

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from vllm_landmark.compression.baseline import mean_pool_groups
-from vllm_landmark.planning import DocumentTooLongError, choose_factor, num_soft_tokens
 from vllm_landmark.config import (
     ALLOWED_FACTORS,
     AUTO_EMBEDDER,
@@ -22,6 +21,7 @@ from vllm_landmark.config import (
 )
 from vllm_landmark.document.items import DocumentError, normalize_document
 from vllm_landmark.engine import LandmarkHfOverrides
+from vllm_landmark.planning import DocumentTooLongError, choose_factor, num_soft_tokens
 from vllm_landmark.server.file_parts import decode_file_part
 
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from vllm_landmark.planning import PlanError
 from vllm_landmark.planning import (
+    PlanError,
     paragraph_token_bounds,
     select_windows,
     windows_plan,
