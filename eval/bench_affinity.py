@@ -36,6 +36,7 @@ from typing import Any
 
 from eval.bench_load import documents
 from eval.chat_stream import stream_chat
+from eval.provenance import provenance, with_provenance
 from vllm_landmark.testing.server_process import finished_per_engine
 
 
@@ -109,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--note", action="append", default=[], help="a line for the report")
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_affinity.json"))
     args = parser.parse_args(argv)
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.bench_affinity", argv, config=vars(args), embedder="auto (server default)"
+    )
 
     import openai
 
@@ -189,7 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pairs": arms,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    args.out.write_text(
+        json.dumps(with_provenance(result, header), indent=2) + "\n", encoding="utf-8"
+    )
     print(
         json.dumps(
             {"summary": summary, "ratio": result["second_ttft_load_balanced_over_affinity"]}

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.chat_stream import stream_chat
+from eval.provenance import provenance, with_provenance
 
 PLAIN_TEXT = "hello, how are you today?"
 
@@ -190,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--note", action="append", default=[], help="a line for the report")
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_load.json"))
     args = parser.parse_args(argv)
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.bench_load", argv, config=vars(args), embedder="auto (server default)"
+    )
 
     import openai
 
@@ -261,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plain_p50_loaded_over_alone": round(loaded / alone, 2) if alone and loaded else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    args.out.write_text(
+        json.dumps(with_provenance(result, header), indent=2) + "\n", encoding="utf-8"
+    )
     print(json.dumps({k: result[k] for k in ("plain_p50_loaded_over_alone",)}), file=sys.stderr)
     return 0
 

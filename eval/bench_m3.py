@@ -205,6 +205,12 @@ def main() -> None:
     if args.flag_reference:
         flag_reference(*args.flag_reference)
         return
+    # Imported here: the reference process runs this file by path, in FlagEmbedding's venv.
+    from eval.provenance import provenance, with_provenance
+
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.bench_m3", None, config=vars(args), embedder=None
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import numpy as np
@@ -377,7 +383,7 @@ def main() -> None:
     }
     results["throughput"] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(json.dumps(with_provenance(results, header), indent=2) + "\n")
     for row in rows:
         line = f"{row['tokens']:>5} tokens: ours {row['ours_tokens_per_s']:7.1f} tok/s"
         if "speedup" in row:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import openai
 
+from eval.provenance import provenance, with_provenance
 from vllm_landmark.testing.server_process import ServerProcess
 from vllm_landmark.testing.tiny_llm import build_tiny_llama
 
@@ -64,6 +65,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_overhead.json"))
     args = parser.parse_args()
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.bench_overhead", None, config=vars(args), embedder=None
+    )
 
     work = Path(tempfile.mkdtemp(prefix="landmark-bench-"))
     model = str(build_tiny_llama(work / "tiny-llama"))
@@ -107,7 +111,7 @@ def main() -> None:
         "startup": result["startup_s"]["plugin"] / result["startup_s"]["plain"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(with_provenance(result, header), indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(
         f"\nplugin/plain per-request latency: median x{result['ratios']['sequential_median']:.3f}, "

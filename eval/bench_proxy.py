@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from eval.provenance import provenance, with_provenance
 from vllm_landmark.testing.server_process import ServerProcess, free_port
 
 QUESTIONS = (
@@ -84,6 +85,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_proxy.json"))
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/bench_proxy"))
     args = parser.parse_args()
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.bench_proxy", None, config=vars(args), embedder=None
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from transformers import AutoTokenizer
@@ -177,7 +181,7 @@ def main() -> None:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    args.out.write_text(json.dumps(with_provenance(out, header), indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("whole_document_direct_s", "cached_questions_median")}))
     print(f"wrote {args.out}")
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from eval.provenance import provenance, with_provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 QUESTIONS = (
@@ -68,6 +70,9 @@ def main() -> None:
         "--no-int8", action="store_true", help="skip the int8 modes (less memory and time)"
     )
     args = parser.parse_args()
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.bench_retriever", None, config=vars(args), embedder=None
+    )
 
     import torch
     from transformers import AutoTokenizer
@@ -165,7 +170,7 @@ def main() -> None:
         "modes": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    args.out.write_text(json.dumps(with_provenance(out, header), indent=2) + "\n")
     for name, row in results.items():
         print(
             f"{name:>18}: {row['document_encode_s']:6.2f} s  {row['tokens_per_s']:7.1f} tok/s  "

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.chat_stream import stream_chat
+from eval.provenance import provenance, with_provenance
 from eval.suite.run import default_work_dir
 
 QUESTION = "In one sentence, what is the document above about?"
@@ -232,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=default_work_dir("serving-work"))
     parser.add_argument("--out", type=Path, default=Path("eval/results/serving_cpu.json"))
     args = parser.parse_args(argv)
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.bench_serving", argv, config=vars(args), embedder="auto (server default)"
+    )
 
     from eval.longbench.pred import load_tokenizer
     from eval.suite.run import machine
@@ -267,14 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budget": args.budget,
         "max_tokens": args.max_tokens,
         "repeats": args.repeats,
-        "embedder": "mean-baseline",
+        "embedder": "auto",  # the server's default: no --landmark-embedder is passed
         "startup_s": startup,
         "notes": args.note,
         "command": "python -m eval.bench_serving " + " ".join(argv or sys.argv[1:]),
         "points": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    args.out.write_text(json.dumps(with_provenance(report, header), indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

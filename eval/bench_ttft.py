@@ -28,6 +28,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from eval.provenance import provenance, with_provenance
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,6 +104,9 @@ def main() -> None:
     parser.add_argument("--retriever", help="'default' or a BGE-M3 folder: plan per question")
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_ttft.json"))
     args = parser.parse_args()
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.bench_ttft", None, config=vars(args), embedder=args.embedder
+    )
 
     from vllm import LLM, SamplingParams
 
@@ -187,7 +192,7 @@ def main() -> None:
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(with_provenance(report, header), indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(
         f"\nTTFT for a {doc_tokens}-token document: plain text {medians['plain_text']:.2f} s, "

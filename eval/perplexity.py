@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eval.provenance import provenance, with_provenance
 from recipes.embedder.data import Sample, TokenShards, ar_sample
 from recipes.embedder.objective import load_frozen_llm, target_nll
 from vllm_landmark.compression.baseline import mean_pool_groups
@@ -84,6 +85,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, default=RESULTS / "perplexity.json")
     args = parser.parse_args(argv)
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.perplexity",
+        argv,
+        config=vars(args),
+        embedder=None if args.embedder == "none" else str(args.embedder),
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.base_model is None:
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wins": _wins(results, args.factors),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    args.output.write_text(json.dumps(with_provenance(report, header), indent=2) + "\n")
     print(format_table(report))
     return report
 

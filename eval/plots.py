@@ -2,8 +2,8 @@
 
     python -m eval.plots [--suite eval/results/suite_cpu.json]
         [--serving eval/results/serving_cpu.json] [--out-dir eval/results]
-        [--qa eval/results/qa_test_arms.json eval/results/qa_test_arms_8k.json ...]
-        [--qa-cross eval/results/qa_test_cross_4k.json ...]
+        [--qa eval/results/qa_test_plan_4k.json eval/results/qa_test_plan_8k.json ...]
+        [--qa-cross eval/results/qa_test_cross3_4k.json ...]
 
 Small files on purpose (about 30-60 KB each): they are committed next to the JSON.
 """

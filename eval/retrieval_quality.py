@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eval.provenance import provenance, with_provenance
 from vllm_landmark.retrieval.m3 import DEFAULT_WEIGHTS, M3Encoder, M3Output
 
 RESULTS = Path(__file__).resolve().parent / "results" / "retrieval_quality.json"
@@ -334,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
         help="also evaluate other heads on the same encoder (repeatable)",
     )
     args = parser.parse_args(argv)
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.retrieval_quality", argv, config=vars(args), embedder=None
+    )
     torch.set_num_threads(args.threads)
     langs = [x for x in args.langs.split(",") if x]
     data = args.data.expanduser()
@@ -402,7 +406,9 @@ def main(argv: list[str] | None = None) -> None:
         **report,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    args.out.write_text(
+        json.dumps(with_provenance(out, header), indent=2, ensure_ascii=False) + "\n"
+    )
     print(table(out, langs))
     for name, variant in out.get("variants", {}).items():
         means = " ".join(

@@ -593,6 +593,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_provenance(argv: list[str] | None, config: dict, embedder: str | None) -> dict:
+    """The result's provenance header (eval/provenance.py; this script runs by path, on a
+    machine where the project is not installed, so the repository goes on sys.path)."""
+    import shlex
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from eval.provenance import provenance
+
+    args = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python " + "eval/gpu/" + Path(__file__).name, *map(shlex.quote, args)])
+    return provenance("", argv, config=config, embedder=embedder, command=command)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -601,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     result: dict = {
+        "provenance": run_provenance(argv, vars(args), "ExtensibleEmbedder, untrained from_base"),
         "benchmark": "bench_32k: TTFT proxy, plain prefill vs embedder + compressed prefill",
         "model": "random-weight Llama, SmolLM2-135M shape (timings do not depend on weights)",
         "document_tokens": args.tokens,

@@ -3,7 +3,7 @@
 # carried in .gpu/c2), install gguf from the carried wheel, make the base model with the
 # project's own conversion, smoke-check CUDA, then train recipes/embedder/configs/
 # gpu_smollm2_4l.json and bring back the adapter. Everything after the piece check keeps going
-# to the packing step, so whatever was trained comes back. See .gpu/PLAN.md.
+# to the packing step, so whatever was trained comes back. See eval/gpu/README.md.
 #
 # Knobs (for the dry run on a CPU machine): LANDMARK_STORE (default /root/landmark-store),
 # OUT (required), LANDMARK_DEVICE (default cuda), LANDMARK_CALL_BUDGET_S (whole script, default

@@ -190,6 +190,15 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--skip-smoke", action="store_true")
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO))  # run by path on the device: eval/ is not installed there
+    from eval.provenance import provenance
+
+    header = provenance(
+        "",
+        command="python3 eval/gpu/device_check.py " + " ".join(sys.argv[1:]),
+        config=vars(args),
+        embedder="ExtensibleEmbedder.from_base, untrained (packed_vs_spans)",
+    )
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as the recipe does on CUDA
         torch.backends.cudnn.allow_tf32 = True
@@ -211,7 +220,11 @@ def main() -> int:
         f"  -> {verdict}",
         flush=True,
     )
-    report = {"facts": facts, "base_model": {k: v for k, v in info.items() if k != "config"}}
+    report = {
+        "provenance": header,
+        "facts": facts,
+        "base_model": {k: v for k, v in info.items() if k != "config"},
+    }
     smoke_ok = None
     if not args.skip_smoke:
         smoke_ok = True

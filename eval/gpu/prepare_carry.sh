@@ -3,7 +3,7 @@
 #   .gpu/c1: the first 50 MiB of the SmolLM2 GGUF            (device call 1, eval/gpu/call1.sh)
 #   .gpu/c2: the rest of it, the token data (tar.xz), the gguf wheel, the expected sha256 and
 #            base-model fingerprint                         (device call 2, eval/gpu/call2.sh)
-# .gpu/ is ignored through .git/info/exclude; see .gpu/PLAN.md for the two calls.
+# .gpu/ is ignored through .git/info/exclude; see eval/gpu/README.md for the two calls.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.provenance import provenance, with_provenance
 from eval.suite.arms import (
     COMPRESSION_FACTORS,
     ArmInput,
@@ -490,6 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "degeneration flags from its records",
     )
     args = parser.parse_args(argv)
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.suite.qa_run", argv, config=vars(args), embedder=args.embedder
+    )
     if args.summarize_only:
         report = json.loads(args.out.read_text(encoding="utf-8"))
         compare_to = [a for a in args.compare_to.split(",") if a]
@@ -507,7 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    args.out.write_text(
+        json.dumps(with_provenance(report, header), indent=1, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     print(markdown(report))
     return 0
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.longbench.pred import main as pred_main
+from eval.provenance import provenance, with_provenance
 from eval.suite.generate import parse_lengths
 from eval.suite.score import score_dir
 from vllm_landmark.config import DEFAULT_RETRIEVER, parse_retriever
@@ -154,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rescore", action="store_true", help="only score the predictions of --out's runs again"
     )
     args = parser.parse_args(argv)
+    header = provenance(  # before the work: its load average is the run's start
+        "eval.suite.run", argv, config=vars(args), embedder="auto (server default)"
+    )
     if args.rescore:
         return rescore(args.out)
 
@@ -279,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    args.out.write_text(
+        json.dumps(with_provenance(report, header), indent=1, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if all(r["exit_code"] in (0, 1) for r in runs) else 1
 
