@@ -49,7 +49,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check plugin patches tests eval recipes
 
 bench: setup
-	$(PY) -m eval.bench_overhead
+	$(PY) -m eval.benchmarks.bench_overhead
 
 # The local long-context suite needs Debian's documentation packages (the sources it samples).
 suite: setup
@@ -61,7 +61,7 @@ eval-suite: suite
 		--budgets 512,1024 --retrieval-budgets 1024
 
 bench-serving: setup
-	nice -n 10 $(PY) -m eval.bench_serving --lengths 1024,2048,4096,7680,16384,32768
+	nice -n 10 $(PY) -m eval.benchmarks.bench_serving --lengths 1024,2048,4096,7680,16384,32768
 
 report: setup
 	$(PY) -m eval.report

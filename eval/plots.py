@@ -270,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         made.append(plot_latency(serving, args.out_dir / "latency_vs_length.png"))
     if not made:
         print(
-            "error: no result JSON found; run eval.suite.run / eval.bench_serving", file=sys.stderr
+            "error: no result JSON found; run eval.suite.run / eval.benchmarks.bench_serving",
+            file=sys.stderr,
         )
         return 2
     for path in made:

@@ -1,7 +1,7 @@
 """The provenance header every result JSON in ``eval/results/`` carries.
 
     from eval.provenance import provenance
-    result = {"provenance": provenance("eval.bench_ttft", argv, config=vars(args),
+    result = {"provenance": provenance("eval.benchmarks.bench_ttft", argv, config=vars(args),
                                        embedder="auto"), ...}
 
 One object, the same keys in every file (``KEYS``): ``commit`` (the checkout, ``+dirty`` when

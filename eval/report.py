@@ -46,8 +46,8 @@ python -m eval.suite.generate --out ~/.cache/vllm-landmark/eval/suite-2k-8k \\
     --lengths 2k,4k,8k --per-length 1
 python -m eval.suite.run --suite ~/.cache/vllm-landmark/eval/suite-2k-8k \\
     --full-lengths 2048,4096 --budgets 512,1024 --retrieval-budgets 1024
-python -m eval.bench_serving
-python -m eval.bench_load          # plain requests beside document requests
+python -m eval.benchmarks.bench_serving
+python -m eval.benchmarks.bench_load          # plain requests beside document requests
 python -m eval.report
 # LongBench itself (data.zip unpacked to DATA, LongBench's config/ folder at CONFIG)
 python -m eval.longbench.pred --data-dir DATA --config-dir CONFIG --base-url URL \\
@@ -257,7 +257,7 @@ def qa_section(data: dict[str, Any], name: str, results: Path | None = None) -> 
 
 
 def ttft_section(results: Path) -> str | None:
-    """Markdown for ``eval.bench_ttft`` runs: a long document as text vs as a document."""
+    """Markdown for ``eval.benchmarks.bench_ttft`` runs: a long document, text vs document."""
     runs = [(p, json.loads(p.read_text())) for p in sorted(results.glob("bench_ttft*.json"))]
     if not runs:
         return None
@@ -281,10 +281,10 @@ def ttft_section(results: Path) -> str | None:
     out = [
         "## Time to first token: a long document as text vs as a document",
         "",
-        "`python -m eval.bench_ttft [--retriever default]`: SmolLM2-135M-Instruct, offline "
-        "engine, the demo document repeated; plain: the document pasted as text; plugin: the "
-        "same document planned into the budget. Medians of 3 runs; the last column is the same "
-        "(document, plan) asked again (prefix cache).",
+        "`python -m eval.benchmarks.bench_ttft [--retriever default]`: SmolLM2-135M-Instruct, "
+        "offline engine, the demo document repeated; plain: the document pasted as text; "
+        "plugin: the same document planned into the budget. Medians of 3 runs; the last "
+        "column is the same (document, plan) asked again (prefix cache).",
         "",
         _table(
             [
@@ -400,7 +400,7 @@ def m3_section(results: Path) -> str | None:
         [
             "## M3 encoder vs FlagEmbedding (`bench_m3.json`)",
             "",
-            f"`python -m eval.bench_m3`: {data['model']}; {data['threads']} threads.",
+            f"`python -m eval.benchmarks.bench_m3`: {data['model']}; {data['threads']} threads.",
             "",
             *provenance_lines(data),
             _table(
@@ -481,7 +481,7 @@ def gpu_section(results: Path) -> str | None:
 
 
 def attention_section(results: Path) -> str | None:
-    """Markdown for ``attention_loop_vs_mask_cpu.json`` (``eval.bench_attention``)."""
+    """Markdown for ``attention_loop_vs_mask_cpu.json`` (``eval.benchmarks.bench_attention``)."""
     data = _load(results, "attention_loop_vs_mask_cpu.json")
     if data is None:
         return None
@@ -494,7 +494,7 @@ def attention_section(results: Path) -> str | None:
         [
             "## Packed attention on CPU (`attention_loop_vs_mask_cpu.json`)",
             "",
-            f"`python -m eval.bench_attention`: {data['what']}; median ms.",
+            f"`python -m eval.benchmarks.bench_attention`: {data['what']}; median ms.",
             "",
             *provenance_lines(data),
             _table(["spans", "tokens per span", "loop (ms)", "mask (ms)", "max abs diff"], rows),
@@ -783,7 +783,7 @@ def overhead_section(data: dict[str, Any]) -> str:
             "",
             f"{data.get('model', '')}; plugin/plain latency ratios: "
             + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in ratios.items())
-            + ". See `python -m eval.bench_overhead`.",
+            + ". See `python -m eval.benchmarks.bench_overhead`.",
             "",
             *provenance_lines(data),
         ]
@@ -820,7 +820,8 @@ def load_section(data: dict[str, Any], name: str) -> str:
     out += [
         "",
         "Plain-request p50 under document load / alone: "
-        f"{_fmt(data.get('plain_p50_loaded_over_alone'))}. See `python -m eval.bench_load`.",
+        f"{_fmt(data.get('plain_p50_loaded_over_alone'))}. "
+        "See `python -m eval.benchmarks.bench_load`.",
         "",
     ]
     return "\n".join(out)
@@ -842,7 +843,7 @@ def notes(results: Path, stem: str) -> str:
 
 
 def bench_retriever_table(bench: dict[str, Any], name: str) -> list[str]:
-    """One ``eval.bench_retriever`` run: a row per mode (median and vector diff when kept)."""
+    """One ``eval.benchmarks.bench_retriever`` run: a row per mode (median, vector diff if kept)."""
     rows = bench["modes"].values()
     median = all("document_encode_median_s" in r for r in rows)
     diff = any("colbert_max_abs_diff" in r for r in rows)
@@ -861,10 +862,10 @@ def bench_retriever_table(bench: dict[str, Any], name: str) -> list[str]:
             row.append("-" if value is None else f"{value:.1e}")
         table.append(row)
     return [
-        f"`{bench.get('command', 'python -m eval.bench_retriever')}` (`{name}`): the default "
-        f"retriever's pass over a {bench['document_retriever_tokens']}-token document (retriever "
-        f"tokens), the fastest of {bench['runs']} alternating runs; {bench['machine']}; load "
-        f"average after: {bench['load_average_after']}.",
+        f"`{bench.get('command', 'python -m eval.benchmarks.bench_retriever')}` (`{name}`): "
+        f"the default retriever's pass over a {bench['document_retriever_tokens']}-token "
+        f"document (retriever tokens), the fastest of {bench['runs']} alternating runs; "
+        f"{bench['machine']}; load average after: {bench['load_average_after']}.",
         "",
         _table(head, table),
         "",
@@ -916,9 +917,9 @@ def retriever_speed_section(results: Path) -> str | None:
     if proxy:
         first, cached = proxy["first_question"], proxy["cached_questions_median"]
         out += [
-            f"`python -m eval.bench_proxy` (`bench_proxy.json`): `landmark proxy` (budget "
-            f"{proxy['budget']}, retriever {proxy.get('retriever', 'default')}) in front of a "
-            "plain vLLM (SmolLM2-135M, prefix caching off) vs "
+            "`python -m eval.benchmarks.bench_proxy` (`bench_proxy.json`): `landmark proxy` "
+            f"(budget {proxy['budget']}, retriever {proxy.get('retriever', 'default')}) "
+            "in front of a plain vLLM (SmolLM2-135M, prefix caching off) vs "
             "the same selected text sent to it directly; time to the first token "
             f"(`max_tokens=1`). The whole {first['raw_tokens']}-token document sent directly: "
             f"{_fmt(proxy['whole_document_direct_s'])} s. Load average after: "
@@ -1024,7 +1025,7 @@ def build(results: Path) -> str:
         if data.get("kind") == "load":
             parts.append(load_section(data, path.name))
     for path in sorted(results.glob("bench_affinity*.json")):
-        from eval.bench_affinity import report_section
+        from eval.benchmarks.bench_affinity import report_section
 
         data = json.loads(path.read_text())
         parts.append("\n".join([report_section(data, path.name), *provenance_lines(data)]))

@@ -1,4 +1,4 @@
-"""eval.report / eval.plots / eval.bench_serving helpers on small synthetic results."""
+"""eval.report / eval.plots / eval.benchmarks.bench_serving helpers on small synthetic results."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eval import report
-from eval.bench_serving import RssSampler, content_for
+from eval.benchmarks.bench_serving import RssSampler, content_for
 from eval.provenance import KEYS, missing_keys, provenance, with_provenance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def write_results(folder: Path) -> None:
     serving = {"kind": "serving", "machine": MACHINE, "model": "Tiny", "dtype": "float32",
                "window": 8192, "budget": 1024, "max_tokens": 32, "repeats": 2,
                "embedder": "mean-baseline", "startup_s": {"vllm": 30.0, "landmark": 31.0},
-               "command": "python -m eval.bench_serving", "points": points}  # fmt: skip
+               "command": "python -m eval.benchmarks.bench_serving", "points": points}  # fmt: skip
     (folder / "suite_test.json").write_text(json.dumps(suite))
     (folder / "serving_test.json").write_text(json.dumps(serving))
 
@@ -150,10 +150,12 @@ def test_current_results_carry_the_provenance_header() -> None:
 
 
 def test_provenance_header() -> None:
-    header = provenance("eval.bench_ttft", ["--budget", "1024", "--note", "two words"],
+    header = provenance("eval.benchmarks.bench_ttft", ["--budget", "1024", "--note", "two words"],
                         config={"out": Path("x.json"), "factors": (1, 2)})  # fmt: skip
     assert tuple(header) == KEYS
-    assert header["command"] == "python -m eval.bench_ttft --budget 1024 --note 'two words'"
+    assert (
+        header["command"] == "python -m eval.benchmarks.bench_ttft --budget 1024 --note 'two words'"
+    )
     assert header["config"] == {"out": "x.json", "factors": [1, 2]}
     assert header["embedder"] is None
     assert header["machine"]["cpus"] >= 1

@@ -1,10 +1,10 @@
 """The proxy's overhead: `landmark proxy` in front of a plain vLLM vs calling it directly.
 
-    nice -n 10 python -m eval.bench_proxy [--budget 1024] [--document-tokens 7600]
+    nice -n 10 python -m eval.benchmarks.bench_proxy [--budget 1024] [--document-tokens 7600]
 
 Upstream: plain `vllm serve` (no plugin, prefix caching off) with the prepared SmolLM2-135M;
 proxy: `landmark proxy` in its own process, the default retriever, the upstream's tokenizer
-folder for the budget. Document: ``eval.bench_ttft``'s (about 7,600 tokens). For each
+folder for the budget. Document: ``eval.benchmarks.bench_ttft``'s (about 7,600 tokens). For each
 question (the first one encodes the document, the next ones hit the retriever's cache), one
 request through the proxy (``max_tokens=1``: time to first token), then the same selected text
 sent to the upstream directly (the messages rebuilt from the ``landmark`` block's windows, so
@@ -86,13 +86,13 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/bench_proxy"))
     args = parser.parse_args()
     header = provenance(  # before the work: its load average is the run's start
-        "eval.bench_proxy", None, config=vars(args), embedder=None
+        "eval.benchmarks.bench_proxy", None, config=vars(args), embedder=None
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from transformers import AutoTokenizer
 
-    from eval.bench_ttft import window_document
+    from eval.benchmarks.bench_ttft import window_document
     from vllm_landmark.default_models import prepare_default_llm
     from vllm_landmark.proxy.selection import SEPARATOR
 
@@ -165,7 +165,7 @@ def main() -> None:
             proxy.wait(timeout=30)
     cached = rows[1:]
     out = {
-        "command": "python -m eval.bench_proxy",
+        "command": "python -m eval.benchmarks.bench_proxy",
         "budget": args.budget,
         "retriever": "default, float32"
         if not os.environ.get("LANDMARK_RETRIEVER_QUANTIZE")

@@ -1,8 +1,8 @@
 """Retriever pass over one long document: tokens/s of each encoder mode, and whether rankings move.
 
-    nice -n 10 python -m eval.bench_retriever [--document-tokens 7600] [--runs 3]
+    nice -n 10 python -m eval.benchmarks.bench_retriever [--document-tokens 7600] [--runs 3]
 
-The document is ``eval.bench_ttft``'s (the bundled demo document repeated to about 7,600
+The document is ``eval.benchmarks.bench_ttft``'s (the bundled demo document repeated to about 7,600
 SmolLM2 tokens); the retriever is the default one (multilingual-e5-small + trained heads).
 Modes, timed alternately (so a load change on a shared machine hits all alike); the fastest
 of ``--runs`` counts (the run least slowed by other work; the median is kept too):
@@ -71,13 +71,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     header = provenance(  # before the work: its load average is the run's start
-        "eval.bench_retriever", None, config=vars(args), embedder=None
+        "eval.benchmarks.bench_retriever", None, config=vars(args), embedder=None
     )
 
     import torch
     from transformers import AutoTokenizer
 
-    from eval.bench_ttft import window_document
+    from eval.benchmarks.bench_ttft import window_document
     from vllm_landmark.default_models import prepare_default_llm, prepare_default_retriever
     from vllm_landmark.retrieval.encoding import encode_document
     from vllm_landmark.retrieval.m3 import M3Encoder
@@ -160,7 +160,7 @@ def main() -> None:
     }
     load = os.getloadavg()
     out = {
-        "command": "python -m eval.bench_retriever",
+        "command": "python -m eval.benchmarks.bench_retriever",
         "document_retriever_tokens": num_tokens,
         "questions": list(QUESTIONS),
         "runs": args.runs,

@@ -1,6 +1,7 @@
 """Serving benchmark: plugin vs plain vLLM on the same model, over document lengths and load.
 
-    python -m eval.bench_serving [--model DIR] [--lengths 1024,2048,4096,8192,16384,32768]
+    python -m eval.benchmarks.bench_serving [--model DIR]
+        [--lengths 1024,2048,4096,8192,16384,32768]
         [--concurrency 1,4] [--concurrency-lengths 1024,2048] [--repeats 2]
         [--max-tokens 32] [--budget 1024] [--out eval/results/serving_cpu.json]
 
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.chat_stream import stream_chat
+from eval.benchmarks.chat_stream import stream_chat
 from eval.provenance import provenance, with_provenance
 from eval.suite.run import default_work_dir
 
@@ -217,7 +218,9 @@ def run_server(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_serving", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.benchmarks.bench_serving", description=__doc__
+    )
     parser.add_argument("--model", help="model folder (default: the prepared SmolLM2)")
     parser.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768")
     parser.add_argument("--concurrency", default="1,4")
@@ -234,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("eval/results/serving_cpu.json"))
     args = parser.parse_args(argv)
     header = provenance(  # before the work: its load average is the run's start
-        "eval.bench_serving", argv, config=vars(args), embedder="auto (server default)"
+        "eval.benchmarks.bench_serving", argv, config=vars(args), embedder="auto (server default)"
     )
 
     from eval.longbench.pred import load_tokenizer
@@ -274,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "embedder": "auto",  # the server's default: no --landmark-embedder is passed
         "startup_s": startup,
         "notes": args.note,
-        "command": "python -m eval.bench_serving " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m eval.benchmarks.bench_serving " + " ".join(argv or sys.argv[1:]),
         "points": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

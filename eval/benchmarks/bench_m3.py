@@ -1,6 +1,7 @@
 """Encoding throughput of the M3 retriever vs FlagEmbedding's BGEM3FlagModel, on the same weights.
 
-    nice -n 10 python -m eval.bench_m3 [--lengths 512 2048 8192] [--ref-python PY] [--out FILE]
+    nice -n 10 python -m eval.benchmarks.bench_m3 [--lengths 512 2048 8192] [--ref-python PY]
+        [--out FILE]
 
 * Weights: a random model of the REAL BGE-M3 shape (XLM-R large: 24 layers, hidden 1024,
   16 heads, 8,194 positions, vocabulary 250,002; heads ``sparse_linear.pt`` 1024->1 and
@@ -209,7 +210,7 @@ def main() -> None:
     from eval.provenance import provenance, with_provenance
 
     header = provenance(  # before the work: its load average is the run's start
-        "eval.bench_m3", None, config=vars(args), embedder=None
+        "eval.benchmarks.bench_m3", None, config=vars(args), embedder=None
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -1,6 +1,6 @@
 """Document affinity under data parallelism: a second question about a document, same engine?
 
-    python -m eval.bench_affinity [--model DIR] [--dp 2] [--documents 4] [--max-tokens 8]
+    python -m eval.benchmarks.bench_affinity [--model DIR] [--dp 2] [--documents 4] [--max-tokens 8]
         [--base-url URL] [--out eval/results/bench_affinity.json]
 
 Starts ``landmark serve`` with ``--data-parallel-size DP`` (default: the prepared SmolLM2,
@@ -34,8 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.bench_load import documents
-from eval.chat_stream import stream_chat
+from eval.benchmarks.bench_load import documents
+from eval.benchmarks.chat_stream import stream_chat
 from eval.provenance import provenance, with_provenance
 from vllm_landmark.testing.server_process import finished_per_engine
 
@@ -93,14 +93,17 @@ def report_section(data: dict[str, Any], name: str) -> str:
     out += [
         "",
         "Second-question TTFT, load-balanced / affinity: "
-        f"x{data['second_ttft_load_balanced_over_affinity']}. See `python -m eval.bench_affinity`.",
+        f"x{data['second_ttft_load_balanced_over_affinity']}. "
+        "See `python -m eval.benchmarks.bench_affinity`.",
         "",
     ]
     return "\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_affinity", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.benchmarks.bench_affinity", description=__doc__
+    )
     parser.add_argument("--model", help="model folder (default: the prepared SmolLM2)")
     parser.add_argument("--dp", type=int, default=2, help="data-parallel engines")
     parser.add_argument("--documents", type=int, default=4, help="document pairs")
@@ -111,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_affinity.json"))
     args = parser.parse_args(argv)
     header = provenance(  # before the work: its load average is the run's start
-        "eval.bench_affinity", argv, config=vars(args), embedder="auto (server default)"
+        "eval.benchmarks.bench_affinity", argv, config=vars(args), embedder="auto (server default)"
     )
 
     import openai

@@ -10,7 +10,8 @@ another's cached prefix. Then:
 - prefix caching: the same document and plan sent twice; the second request reuses the KV of
   the first (vLLM reports the cached tokens).
 
-    python -m eval.bench_ttft [--budget 1024] [--embedder auto|mean-baseline|DIR] [--runs 3]
+    python -m eval.benchmarks.bench_ttft [--budget 1024] [--embedder auto|mean-baseline|DIR]
+        [--runs 3]
         [--retriever default|DIR]
 
 With ``--retriever`` the document part carries the question as its ``query``: the plugin's
@@ -105,7 +106,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_ttft.json"))
     args = parser.parse_args()
     header = provenance(  # before the work: its load average is the run's start
-        "eval.bench_ttft", None, config=vars(args), embedder=args.embedder
+        "eval.benchmarks.bench_ttft", None, config=vars(args), embedder=args.embedder
     )
 
     from vllm import LLM, SamplingParams

@@ -5,7 +5,8 @@ tiny model, same dtype and settings, one after the other (start-up time of each)
 alternates identical chat requests between them so that machine drift hits both alike.
 Prints per-request latency ratios (plugin / plain) and writes JSON.
 
-    python -m eval.bench_overhead [--requests 60] [--concurrency 8] [--out eval/results/...]
+    python -m eval.benchmarks.bench_overhead [--requests 60] [--concurrency 8]
+        [--out eval/results/...]
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_overhead.json"))
     args = parser.parse_args()
     header = provenance(  # before the work: its load average is the run's start
-        "eval.bench_overhead", None, config=vars(args), embedder=None
+        "eval.benchmarks.bench_overhead", None, config=vars(args), embedder=None
     )
 
     work = Path(tempfile.mkdtemp(prefix="landmark-bench-"))

@@ -1,6 +1,6 @@
 """The embedder's packed causal attention on CPU: per-span SDPA calls vs one masked call.
 
-    python -m eval.bench_attention [--runs 5] [--threads 2] \\
+    python -m eval.benchmarks.bench_attention [--runs 5] [--threads 2] \\
         [--out eval/results/attention_loop_vs_mask_cpu.json]
 
 `plugin/compression/attention.py` attends within each packed span with one `is_causal=True`
@@ -79,7 +79,9 @@ def measure(spans: int, span_tokens: int, runs: int) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_attention", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.benchmarks.bench_attention", description=__doc__
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument(
@@ -91,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load = load_average()
     rows = [measure(spans, tokens, args.runs) for spans, tokens in LAYOUTS]
-    header = provenance("eval.bench_attention", argv, config=vars(args), embedder=None, load=load)
+    header = provenance(
+        "eval.benchmarks.bench_attention", argv, config=vars(args), embedder=None, load=load
+    )
     header["machine"]["torch"] = torch.__version__
     result = with_provenance(
         {

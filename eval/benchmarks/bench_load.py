@@ -1,6 +1,6 @@
 """Mixed-load benchmark: do plain requests wait behind document requests?
 
-    python -m eval.bench_load [--model DIR] [--n 6] [--budget 1024] [--retriever default]
+    python -m eval.benchmarks.bench_load [--model DIR] [--n 6] [--budget 1024] [--retriever default]
         [--max-tokens 16] [--base-url URL] [--server-arg=--max-num-batched-tokens=512]
         [--out eval/results/bench_load.json]
 
@@ -37,7 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from eval.chat_stream import stream_chat
+from eval.benchmarks.chat_stream import stream_chat
 from eval.provenance import provenance, with_provenance
 
 PLAIN_TEXT = "hello, how are you today?"
@@ -174,7 +174,9 @@ def run_phase(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_load", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.benchmarks.bench_load", description=__doc__
+    )
     parser.add_argument("--model", help="model folder (default: the prepared SmolLM2)")
     parser.add_argument("--n", type=int, default=6, help="requests of each kind")
     parser.add_argument("--budget", type=int, default=1024)
@@ -192,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_load.json"))
     args = parser.parse_args(argv)
     header = provenance(  # before the work: its load average is the run's start
-        "eval.bench_load", argv, config=vars(args), embedder="auto (server default)"
+        "eval.benchmarks.bench_load", argv, config=vars(args), embedder="auto (server default)"
     )
 
     import openai
