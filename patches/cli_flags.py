@@ -58,8 +58,10 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "--landmark-retriever",
         "retriever",
         "retriever",
-        "Rank document spans by the question: 'default' (bundled multilingual-e5-small with "
-        "trained lexical and multi-vector heads) or a BGE-M3-layout folder (e.g. BAAI/bge-m3).",
+        "Rank document spans by the question: 'default' (the default: bundled "
+        "multilingual-e5-small with trained lexical and multi-vector heads, loaded the first "
+        "time a document does not fit), a BGE-M3-layout folder (e.g. BAAI/bge-m3), or 'none' "
+        "(an over-long document keeps its head and tail).",
     ),
     (
         "--landmark-max-document-tokens",
@@ -172,10 +174,12 @@ def _embedder(value: str) -> str | None:
     return _choice(parse_embedder, value)
 
 
-def _retriever(value: str) -> str | None:
-    from vllm_landmark.config import parse_retriever
+def _retriever(value: str) -> str:
+    """A retriever choice as text; 'none' stays 'none' (an explicit "no retriever", which
+    the config reads as None), so it is not mistaken for a flag that was not given."""
+    from vllm_landmark.config import NO_RETRIEVER, parse_retriever
 
-    return _choice(parse_retriever, value)
+    return _choice(parse_retriever, value) or NO_RETRIEVER
 
 
 _TYPES = {
@@ -221,7 +225,7 @@ def landmark_config_from_args(args: argparse.Namespace) -> Any:
             names = ", ".join(f"--{f.replace('_', '-')}" for f in given)
             raise ValueError(f"landmark settings given ({names}) without --landmark")
         return None
-    return LandmarkConfig(**given).with_default_models()
+    return LandmarkConfig(**given)
 
 
 def _wrap_add_cli_args(original: Any) -> Any:

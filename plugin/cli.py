@@ -282,9 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--factor", type=int, default=None, help="force a scaling factor k")
     demo.add_argument(
         "--retriever",
-        default=None,
-        help="'default' (bundled multilingual retriever) or a BGE-M3 folder: plan the document "
-        "for the question (try --budget 1024)",
+        default="default",
+        help="'default' (bundled multilingual retriever; plans the document for the question "
+        "when it does not fit: try --budget 1024), a BGE-M3 folder, or 'none' (head and tail)",
     )
     demo.add_argument("--max-model-len", type=int, default=8192)
     demo.add_argument("--max-tokens", type=int, default=48)

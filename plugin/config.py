@@ -41,8 +41,8 @@ class EmbedderName(Enum):
 class RetrieverName(Enum):
     """The retriever choices that are names, not folders."""
 
-    #: The bundled multilingual-e5-small with trained heads; `LandmarkConfig.with_default_models`
-    #: turns it into the prepared folder where the server or the Python API starts.
+    #: The bundled multilingual-e5-small with trained heads (the default): prepared into a
+    #: folder the first time a document needs scores (`LandmarkConfig.retriever_folder`).
     DEFAULT = "default"
 
 
@@ -103,14 +103,16 @@ class LandmarkConfig:
     """Settings of the plugin (a plain validated value: building one prepares nothing).
 
     budget: cap on the soft tokens one document may take in the prompt. None: no cap, a
-        document is read whole whenever the prompt fits the window (see document/planning.py).
+        document is read whole whenever the prompt fits the window (see planning/document.py).
     factor: force one scaling factor k for every document that is over its share.
     factors: the factors the planner may choose from (a subset of ALLOWED_FACTORS).
     embedder: AUTO_EMBEDDER (the bundled trained embedder for the served model if any, else
         no compression), MEAN_BASELINE (untrained mean pooling, for experiments) or a trained
         embedder folder.
-    retriever: a BGE-M3-layout folder used to rank spans, or DEFAULT_RETRIEVER for the bundled
-        multilingual-e5-small with trained heads. None: no retrieval.
+    retriever: DEFAULT_RETRIEVER (the default: the bundled multilingual-e5-small with trained
+        heads, prepared and loaded the first time a document does not fit its room), a
+        BGE-M3-layout folder used to rank spans, or None: no retrieval (an over-long document
+        keeps its head and tail).
     output_reserve: tokens kept free for the answer when a request does not say max_tokens
         (at most a quarter of the window).
     max_document_tokens: hard limit on one document's length in LLM tokens.
@@ -129,7 +131,7 @@ class LandmarkConfig:
     factor: int | None = None
     factors: tuple[int, ...] = ALLOWED_FACTORS
     embedder: EmbedderSetting = AUTO_EMBEDDER
-    retriever: RetrieverSetting | None = None
+    retriever: RetrieverSetting | None = DEFAULT_RETRIEVER
     max_document_tokens: int = 1 << 20
     max_document_chars: int = 8 << 20
     output_reserve: int = 256
@@ -187,21 +189,19 @@ class LandmarkConfig:
     def retriever_folder(self) -> Path | None:
         """The retriever's folder; None without retrieval.
 
-        DEFAULT_RETRIEVER must have been resolved by `with_default_models` (the server, the CLI
-        and `engine_kwargs` do it where they start); an unresolved name is an error here.
+        DEFAULT_RETRIEVER is prepared here, on first use (converted once per machine and
+        cached; later calls in the process return at once): servers and engines start without
+        it, and requests whose documents fit never touch it.
         """
         if self.retriever is DEFAULT_RETRIEVER:
-            raise LandmarkConfigError(
-                f"retriever={DEFAULT_RETRIEVER.value!r} is not resolved to a folder: call "
-                "LandmarkConfig.with_default_models() where the server starts"
-            )
+            from .default_models import default_retriever_folder
+
+            return default_retriever_folder()
         return self.retriever
 
     def with_default_models(self) -> LandmarkConfig:
-        """This config with DEFAULT_RETRIEVER replaced by its prepared folder (prepares it once).
-
-        Called where the server or the Python API starts, so every vLLM process gets a path.
-        """
+        """This config with DEFAULT_RETRIEVER replaced by its prepared folder, prepared now
+        (for callers that load the retriever at start-up, like `landmark proxy`)."""
         if self.retriever is not DEFAULT_RETRIEVER:
             return self
         from .default_models import prepare_default_retriever

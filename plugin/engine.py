@@ -43,5 +43,5 @@ def engine_kwargs(config: LandmarkConfig | None = None, **overrides: Any) -> dic
 
     Example: `LLM(model=path, **engine_kwargs(LandmarkConfig(budget=1024)))`.
     """
-    config = (config or LandmarkConfig()).with_default_models()
+    config = config or LandmarkConfig()
     return {"hf_overrides": LandmarkHfOverrides(config, overrides or None)}

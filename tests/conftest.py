@@ -39,6 +39,10 @@ def tiny_server_args() -> list[str]:
         # Named explicitly (never a default): these tests check the k>1 soft-prompt path.
         "--landmark-embedder",
         "mean-baseline",
+        # Position plans (head and tail first): these tests check the budget rule and the k>1
+        # path; the retriever's plans (the default) are tested in test_retrieval_planning.py.
+        "--landmark-retriever",
+        "none",
         "--enforce-eager",
     ]
 

@@ -251,14 +251,20 @@ def test_default_retriever_setting(retriever: Path) -> None:
     from vllm_landmark.config import DEFAULT_RETRIEVER, LandmarkConfig
     from vllm_landmark.patches.cli_flags import add_landmark_arguments, landmark_config_from_args
 
-    # The config itself stays a plain value; the name is resolved where the server starts.
+    # The config stays a plain value: the name travels to every process as it is, and is
+    # prepared into the folder only where a document needs scores (`retriever_folder`).
+    assert LandmarkConfig().retriever is DEFAULT_RETRIEVER
     assert LandmarkConfig(retriever="default").retriever is DEFAULT_RETRIEVER
+    assert LandmarkConfig().retriever_folder() == retriever
     resolved = LandmarkConfig(retriever=DEFAULT_RETRIEVER).with_default_models()
     assert resolved.retriever == resolved.retriever_folder() == retriever
     parser = add_landmark_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--landmark", "--landmark-retriever", "default"])
-    config = landmark_config_from_args(args)
-    assert config.retriever == retriever
-    # Resolved once: the dict that travels to the engine processes holds the folder.
-    assert config.to_dict()["retriever"] == str(retriever)
-    assert LandmarkConfig.from_dict(config.to_dict()).retriever == retriever
+    for flags in ([], ["--landmark-retriever", "default"]):
+        config = landmark_config_from_args(parser.parse_args(["--landmark", *flags]))
+        assert config.retriever is DEFAULT_RETRIEVER
+        assert config.to_dict()["retriever"] == "default"
+        assert LandmarkConfig.from_dict(config.to_dict()) == config
+    none = landmark_config_from_args(
+        parser.parse_args(["--landmark", "--landmark-retriever", "none"])
+    )
+    assert none.retriever is None and none.retriever_folder() is None

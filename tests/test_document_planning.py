@@ -193,7 +193,7 @@ def test_retrieval_is_wanted_exactly_where_the_plan_reads_scores(tiny_model, tmp
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     # No retriever: never scored.
-    assert planner(tokenizer).to_score([document(600)], [0], 10) == [False]
+    assert planner(tokenizer, retriever=None).to_score([document(600)], [0], 10) == [False]
     # A cap the document exceeds decides alone; a document under it is read whole.
     capped = planner(tokenizer, retriever=str(tmp_path), budget=100)
     question = {"text": "x" * 10, "query": "why?"}

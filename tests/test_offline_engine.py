@@ -32,7 +32,8 @@ def llm(tiny_model: Path) -> Iterator[object]:
         max_model_len=WINDOW,
         enforce_eager=True,
         # The untrained mean baseline, by name: what these tests check is the soft-prompt path.
-        **engine_kwargs(LandmarkConfig(budget=BUDGET, embedder="mean-baseline")),
+        # Uniform and position plans (no retriever): these tests check the k>1 path itself.
+        **engine_kwargs(LandmarkConfig(budget=BUDGET, embedder="mean-baseline", retriever=None)),
     )
     yield engine
     del engine

@@ -112,3 +112,57 @@ def test_document_query_plans_instead_of_the_message(server, tiny_model, retriev
     assert block["injected_tokens"] == expected.soft_tokens <= BUDGET
     assert block["kept_tokens"] == expected.kept_tokens
     assert block["spans"] == len(expected.spans)
+
+
+@pytest.fixture(scope="module")
+def default_server(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess]:
+    """`--landmark` and nothing else about documents: the bundled retriever is the default."""
+    args = ["--max-model-len", "512", "--enforce-eager"]
+    with ServerProcess(tiny_model, args, log_dir=tmp_path_factory.mktemp("default-server")) as s:
+        yield s
+
+
+def _metric(server: ServerProcess, name: str) -> float:
+    import httpx
+
+    text = httpx.get(server.base_url.removesuffix("/v1") + "/metrics", timeout=30).text
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(values[0]) if values else 0.0
+
+
+def test_a_fresh_landmark_server_plans_with_the_bundled_retriever(
+    default_server, tiny_model
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    client = openai.OpenAI(base_url=default_server.base_url, api_key="unused", max_retries=0)
+    model = str(tiny_model)
+    retrievals = "vllm:landmark_retrieval_seconds_count"
+
+    # A plain request and a document that fits never reach the retriever.
+    client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=2
+    )
+    short = make_document(tokenizer, 120, seed=44)
+    content = [
+        {"type": "document", "document": {"text": short}},
+        {"type": "text", "text": QUESTION},
+    ]
+    fits = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}], max_tokens=2
+    )
+    assert fits.model_extra["landmark"]["documents"][0]["selection"] == "whole"
+    assert _metric(default_server, retrievals) == 0
+
+    # An over-long document is planned by the question, not cut to its head and tail.
+    document = make_document(tokenizer, 900, seed=45)
+    content = [
+        {"type": "document", "document": {"text": document}},
+        {"type": "text", "text": QUESTION},
+    ]
+    response = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}], max_tokens=2
+    )
+    block = response.model_extra["landmark"]["documents"][0]
+    assert (block["selection"], block["reason"]) == ("retriever", "window")
+    assert block["factors"] == [1] and block["injected_tokens"] < block["raw_tokens"]
+    assert _metric(default_server, retrievals) == 1

@@ -83,16 +83,15 @@ def test_config_validates_every_setting(tmp_path) -> None:
 def test_embedder_and_retriever_choices_are_typed(tmp_path) -> None:
     """The flag words and folders given as text become names or Paths, and back to the same
     JSON that travels in the Hugging Face config (what older configs hold still reads)."""
-    assert (LandmarkConfig().embedder, LandmarkConfig().retriever) == (AUTO_EMBEDDER, None)
+    defaults = LandmarkConfig()
+    assert (defaults.embedder, defaults.retriever) == (AUTO_EMBEDDER, DEFAULT_RETRIEVER)
     named = LandmarkConfig(embedder="mean-baseline", retriever=" default ")
     assert (named.embedder, named.retriever) == (MEAN_BASELINE, DEFAULT_RETRIEVER)
     folders = LandmarkConfig(embedder=str(tmp_path), retriever=tmp_path)
     assert folders.embedder == folders.retriever == tmp_path
     assert folders.retriever_folder() == tmp_path
     assert LandmarkConfig(retriever="none").retriever is None
-    assert LandmarkConfig().retriever_folder() is None
-    with pytest.raises(LandmarkConfigError, match="not resolved to a folder"):
-        named.retriever_folder()
+    assert LandmarkConfig(retriever="none").retriever_folder() is None
     with pytest.raises(LandmarkConfigError, match="embedder=''"):
         LandmarkConfig(embedder="")
     with pytest.raises(LandmarkConfigError, match="retriever=3"):
@@ -100,8 +99,9 @@ def test_embedder_and_retriever_choices_are_typed(tmp_path) -> None:
     assert named.to_dict()["embedder"] == "mean-baseline"
     assert named.to_dict()["retriever"] == "default"
     assert folders.to_dict()["embedder"] == folders.to_dict()["retriever"] == str(tmp_path)
-    assert LandmarkConfig().to_dict()["retriever"] is None
-    for config in (named, folders, LandmarkConfig()):
+    assert LandmarkConfig().to_dict()["retriever"] == "default"
+    assert LandmarkConfig(retriever=None).to_dict()["retriever"] is None
+    for config in (named, folders, LandmarkConfig(), LandmarkConfig(retriever=None)):
         data = json.loads(json.dumps(config.to_dict()))
         assert LandmarkConfig.from_dict(data) == config
 

@@ -24,6 +24,7 @@ from .retriever import (
     RETRIEVER_HEADS_DIR,
     RETRIEVER_REQUIRED_FILES,
     default_retriever_dir,
+    default_retriever_folder,
     find_e5_file,
     prepare_default_retriever,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "default_cache_dir",
     "default_llm_dir",
     "default_retriever_dir",
+    "default_retriever_folder",
     "find_e5_file",
     "find_gguf_file",
     "prepare_default_llm",

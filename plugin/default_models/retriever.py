@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from .e5_convert import convert_e5_file
@@ -103,3 +104,17 @@ def prepare_default_retriever(cache_dir: Path | None = None, force: bool = False
         refresh=lambda folder: _install_heads(folder, heads, heads_dir),
     )
     return prepare_folder(default_retriever_dir(cache_dir), source, recipe, force=force)
+
+
+_prepared_lock = threading.Lock()
+_prepared: Path | None = None
+
+
+def default_retriever_folder() -> Path:
+    """The default retriever's folder, prepared on the first call of this process (the later
+    calls return it at once; see `prepare_default_retriever`)."""
+    global _prepared
+    with _prepared_lock:
+        if _prepared is None:
+            _prepared = prepare_default_retriever()
+        return _prepared

@@ -146,10 +146,11 @@ class DocumentReader:
         from ..retrieval.service import get_span_ranker
 
         try:
-            landmarks = get_span_ranker(self.config.retriever_folder()).score_all_spans(
+            ranker = get_span_ranker(self.config.retriever_folder())  # loads on first use
+            landmarks = ranker.score_all_spans(
                 document.text, document.query, llm_tokenizer=self.tokenizer, lexical_fusion=True
             )
-        except (ValueError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a retriever that fails must not fail the answer
             logger.warning("vllm-landmark: retrieval failed, planning by position: %s", exc)
             return None
         if landmarks.llm_num_tokens != document.num_tokens:

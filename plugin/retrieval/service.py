@@ -115,7 +115,20 @@ def _ranker(folder: str) -> Any:
     return SpanRanker(encoder)
 
 
+#: Every SpanRanker built, by folder (what `loaded_span_rankers` reports).
+_loaded: dict[str, Any] = {}
+
+
 def get_span_ranker(folder: str | Path) -> Any:
     """The SpanRanker of a BGE-M3-layout folder (built once per folder, thread-safe)."""
+    key = str(Path(folder).expanduser())
     with _lock:
-        return _ranker(str(Path(folder).expanduser()))
+        ranker = _ranker(key)
+        _loaded[key] = ranker
+        return ranker
+
+
+def loaded_span_rankers() -> list[Any]:
+    """The SpanRankers this process has built so far (none is loaded by asking)."""
+    with _lock:
+        return list(_loaded.values())

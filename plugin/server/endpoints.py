@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from . import files_api, spans_endpoint
-from .metrics import metrics, watch_encoding_cache
+from .metrics import metrics, watch_encoding_caches
 
 __all__ = ["LandmarkEndpointPlugin"]
 
@@ -53,6 +53,4 @@ class LandmarkEndpointPlugin:
         service = await asyncio.to_thread(files_api.FilesService, config, api_keys)
         setattr(state, files_api.STATE_KEY, service)
         metrics()
-        ranker = getattr(getattr(state, spans_endpoint.STATE_KEY, None), "ranker", None)
-        if ranker is not None:
-            watch_encoding_cache(ranker.cache)
+        watch_encoding_caches()

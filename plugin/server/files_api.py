@@ -79,14 +79,15 @@ class FilesService:
         from ..document.tokens import forget_document
 
         forget_document(text)
-        if not self.config.retriever:
-            return
         from ..retrieval.cache import content_hash
-        from ..retrieval.service import get_span_ranker
+        from ..retrieval.service import loaded_span_rankers
 
         digest = content_hash(text)
-        cache = get_span_ranker(self.config.retriever_folder()).cache
-        dropped = cache.discard(lambda key: isinstance(key, tuple) and key[:1] == (digest,))
+        dropped = 0
+        for ranker in loaded_span_rankers():  # a retriever never loaded holds nothing to drop
+            dropped += ranker.cache.discard(
+                lambda key: isinstance(key, tuple) and key[:1] == (digest,)
+            )
         if dropped:
             logger.info("landmark files: dropped %d cached encodings of a deleted file", dropped)
 

@@ -31,7 +31,7 @@ __all__ = [
     "LandmarkMetrics",
     "metrics",
     "record_documents",
-    "watch_encoding_cache",
+    "watch_encoding_caches",
     "watch_file_store",
 ]
 
@@ -153,13 +153,19 @@ def _watch(readers: dict[str, Callable[[], float]]) -> None:
         _gauges.update(readers)
 
 
-def watch_encoding_cache(cache: Any) -> None:
-    """Report a retriever EncodingCache (its ``stats()``) on /metrics."""
+def watch_encoding_caches() -> None:
+    """Report the retrievers' EncodingCaches (every loaded ranker's ``stats()``) on /metrics;
+    a retriever loaded later is counted from then on."""
+    from ..retrieval.service import loaded_span_rankers
+
+    def total(field: str) -> Callable[[], float]:
+        return lambda: float(sum(getattr(r.cache.stats(), field) for r in loaded_span_rankers()))
+
     _watch(
         {
-            "vllm:landmark_encoding_cache_hits_total": lambda: cache.stats().hits,
-            "vllm:landmark_encoding_cache_misses_total": lambda: cache.stats().misses,
-            "vllm:landmark_encoding_cache_bytes": lambda: cache.stats().bytes,
+            "vllm:landmark_encoding_cache_hits_total": total("hits"),
+            "vllm:landmark_encoding_cache_misses_total": total("misses"),
+            "vllm:landmark_encoding_cache_bytes": total("bytes"),
         }
     )
 

@@ -157,7 +157,7 @@ class SpansService:
         llm_tokenizer: Any = None,
         model_name: str | None = None,
     ) -> None:
-        self.config = config or LandmarkConfig()
+        self.config = config or LandmarkConfig(retriever=None)  # no --landmark: no retriever
         self.llm_tokenizer = llm_tokenizer
         self.model_name = model_name
         self.ranker: SpanRanker | None = None
@@ -188,8 +188,9 @@ class SpansService:
         if self.ranker is None or self.retriever_path is None:
             raise HTTPException(
                 status_code=HTTPStatus.NOT_FOUND,
-                detail="this server has no retriever: start it with --landmark "
-                "--landmark-retriever DIR (a BGE-M3-layout folder)",
+                detail="this server has no retriever (it was started with "
+                "--landmark-retriever none): start it without that flag for the bundled one, or "
+                "with --landmark-retriever DIR (a BGE-M3-layout folder)",
             )
         if request.retriever is not None:
             given = request.retriever.strip()
@@ -222,7 +223,9 @@ class SpansService:
         return self.ranker
 
     def rank(self, request: SpansRequest) -> SpansResponse:
-        """Rank synchronously (runs in the service's worker thread)."""
+        """Rank synchronously (runs in the service's worker thread; loads the retriever on
+        first use)."""
+        self.load()
         ranker = self._check(request)
         try:
             result: SpanRanking = ranker.rank(
@@ -318,6 +321,8 @@ class SpansEndpointPlugin:
             llm_tokenizer=None if engine_client is None else _llm_tokenizer_of(engine_client),
             model_name=names[0] if isinstance(names, list) else names,
         )
-        # Fail at start-up, not at the first request, when the retriever cannot be loaded.
-        await asyncio.get_running_loop().run_in_executor(service.executor, service.load)
+        # A retriever folder named by the flag is loaded now, so a broken one fails at start-up;
+        # the bundled default loads on first use (a server whose documents fit never loads it).
+        if config is not None and isinstance(config.retriever, Path):
+            await asyncio.get_running_loop().run_in_executor(service.executor, service.load)
         setattr(state, STATE_KEY, service)
