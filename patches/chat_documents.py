@@ -19,11 +19,12 @@ from __future__ import annotations
 import functools
 import json
 from contextvars import ContextVar
+from http import HTTPStatus
 from typing import Any
 
 from vllm_landmark.config import HF_CONFIG_KEY
 from vllm_landmark.document import MODALITY
-from vllm_landmark.document.items import DocumentError
+from vllm_landmark.document.items import DocumentError, TooMuchDocumentError
 from vllm_landmark.server.metrics import metrics, record_documents
 
 from .targets import Target, check_targets
@@ -44,6 +45,11 @@ TARGETS = (
     Target("vllm.renderers.base", "BaseRenderer.render_chat", ("conversations", "chat_params")),
     Target("vllm.renderers.base", "BaseRenderer.get_mm_processor"),
     Target("vllm.renderers.online_renderer", "OnlineRenderer.render_chat", ("request",)),
+    Target(
+        "vllm.renderers.online_renderer",
+        "OnlineRenderer.create_error_response",
+        ("message", "err_type", "status_code", "param"),
+    ),
     Target(
         "vllm.entrypoints.openai.chat_completion.serving",
         "OpenAIServingChat.create_chat_completion",
@@ -158,6 +164,14 @@ def _wrap_render_chat_online(original: Any) -> Any:
             if has_document_parts(request.messages):
                 reader = _reader(self.renderer)
                 request.messages = await prepare_messages_async(reader, request.messages)
+        except TooMuchDocumentError as exc:
+            metrics().refuse(exc.reason)
+            return self.create_error_response(
+                str(exc),
+                err_type="RequestEntityTooLargeError",
+                status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                param="messages",
+            )
         except DocumentError as exc:
             metrics().refuse("invalid_document")
             raise _validation_error(str(exc)) from exc

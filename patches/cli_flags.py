@@ -70,6 +70,19 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "Hard limit on one document's length in LLM tokens.",
     ),
     (
+        "--landmark-max-request-documents",
+        "max_request_documents",
+        "positive_int",
+        "The most documents one request may carry (default 64); more is refused with a 413.",
+    ),
+    (
+        "--landmark-max-request-document-tokens",
+        "max_request_document_tokens",
+        "positive_int",
+        "The most LLM tokens all documents of one request may hold together (default "
+        "1,048,576); more is refused with a 413 before any retrieval.",
+    ),
+    (
         "--landmark-max-document-chars",
         "max_document_chars",
         "positive_int",

@@ -116,6 +116,9 @@ class LandmarkConfig:
     output_reserve: tokens kept free for the answer when a request does not say max_tokens
         (at most a quarter of the window).
     max_document_tokens: hard limit on one document's length in LLM tokens.
+    max_request_documents: the most documents one request may carry.
+    max_request_document_tokens: the most LLM tokens all documents of one request may hold
+        together (a request over either limit is refused with a 413 before any retrieval).
     max_document_chars: hard limit on one document's length in characters, checked before
         tokenizing so oversized input costs nothing.
     file_store: folder where the Files API keeps uploaded files (text + metadata) so they
@@ -133,6 +136,8 @@ class LandmarkConfig:
     embedder: EmbedderSetting = AUTO_EMBEDDER
     retriever: RetrieverSetting | None = DEFAULT_RETRIEVER
     max_document_tokens: int = 1 << 20
+    max_request_documents: int = 64
+    max_request_document_tokens: int = 1 << 20
     max_document_chars: int = 8 << 20
     output_reserve: int = 256
     file_store: str | None = None
@@ -160,6 +165,9 @@ class LandmarkConfig:
             )
         if self.budget is not None and self.budget < 1:
             raise LandmarkConfigError(f"budget={self.budget} must be a positive token count")
+        for name in ("max_request_documents", "max_request_document_tokens"):
+            if getattr(self, name) < 1:
+                raise LandmarkConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.max_document_tokens < 1:
             raise LandmarkConfigError(
                 f"max_document_tokens={self.max_document_tokens} must be positive"

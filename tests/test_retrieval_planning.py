@@ -116,8 +116,11 @@ def test_document_query_plans_instead_of_the_message(server, tiny_model, retriev
 
 @pytest.fixture(scope="module")
 def default_server(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess]:
-    """`--landmark` and nothing else about documents: the bundled retriever is the default."""
+    """`--landmark` and nothing else about planning: the bundled retriever is the default.
+    (Its per-request ceilings are set low here so that tests can cross them.)"""
     args = ["--max-model-len", "512", "--enforce-eager"]
+    args += ["--landmark-max-request-documents", "4"]
+    args += ["--landmark-max-request-document-tokens", "3000"]
     with ServerProcess(tiny_model, args, log_dir=tmp_path_factory.mktemp("default-server")) as s:
         yield s
 
@@ -166,3 +169,37 @@ def test_a_fresh_landmark_server_plans_with_the_bundled_retriever(
     assert (block["selection"], block["reason"]) == ("retriever", "window")
     assert block["factors"] == [1] and block["injected_tokens"] < block["raw_tokens"]
     assert _metric(default_server, retrievals) == 1
+
+
+def test_a_request_over_the_document_ceilings_gets_a_413_naming_the_limit(
+    default_server, tiny_model
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    client = openai.OpenAI(base_url=default_server.base_url, api_key="unused", max_retries=0)
+    model = str(tiny_model)
+    small = make_document(tokenizer, 50, seed=46)
+    big = make_document(tokenizer, 1600, seed=47)
+    refused = 'vllm:landmark_requests_refused_total{reason="%s"}'
+    cases = [
+        ([small] * 5, "--landmark-max-request-documents", "too_many_documents"),
+        ([big, big], "--landmark-max-request-document-tokens", "too_many_document_tokens"),
+    ]
+    for documents, flag, reason in cases:
+        before = _metric(default_server, refused % reason)
+        content = [{"type": "document", "document": {"text": text}} for text in documents]
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": [*content, {"type": "text", "text": "?"}]}],
+                max_tokens=2,
+            )
+        assert info.value.status_code == 413 and flag in str(info.value), info.value
+        assert _metric(default_server, refused % reason) == before + 1
+    # The server is unharmed: a request within the ceilings is answered.
+    content = [{"type": "document", "document": {"text": t}} for t in [small] * 4]
+    ok = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": [*content, {"type": "text", "text": "?"}]}],
+        max_tokens=2,
+    )
+    assert len(ok.model_extra["landmark"]["documents"]) == 4

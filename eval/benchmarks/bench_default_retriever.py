@@ -72,7 +72,9 @@ def main() -> None:
     fits: dict[str, list[float]] = {name: [] for name in SETTINGS}
     long_first: list[float] = []
     long_later: list[float] = []
+    runs = []
     for name in ("none", "default", "default", "none"):
+        first_plain, first_fits = len(plain[name]), len(fits[name])
         server = ServerProcess(model, COMMON_ARGS + SETTINGS[name], log_dir=work).start()
         try:
             startup[name].append(float(server.startup_seconds or 0.0))
@@ -82,6 +84,14 @@ def main() -> None:
             for _ in range(args.requests // 2):
                 plain[name].append(timed_chat(client, model, "Write a short note."))
                 fits[name].append(timed_chat(client, model, fitting))
+            runs.append(
+                {
+                    "retriever": name,
+                    "startup_s": startup[name][-1],
+                    "plain_median_ms": median_ms(plain[name][first_plain:]),
+                    "fits_median_ms": median_ms(fits[name][first_fits:]),
+                }
+            )
             if name == "default" and not long_first:
                 documents = [
                     make_document(tokenizer, 3000, seed=10 + i) for i in range(args.long_documents)
@@ -99,6 +109,7 @@ def main() -> None:
         "that fits, per setting, 8 output tokens; then on the first default server one "
         f"over-long document (3,000 tokens, loads the retriever) and {args.long_documents - 1} "
         "more (retriever loaded; each a new document, so each is encoded)",
+        "runs": runs,
         "startup_s": {name: statistics.fmean(v) for name, v in startup.items()},
         "plain_median_ms": {name: median_ms(v) for name, v in plain.items()},
         "fits_median_ms": {name: median_ms(v) for name, v in fits.items()},

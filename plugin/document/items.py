@@ -19,6 +19,36 @@ class DocumentError(ValueError):
     """A document cannot be used as given; the message says why."""
 
 
+class TooMuchDocumentError(DocumentError):
+    """A request carries more documents, or more document tokens, than one request may
+    (HTTP 413); `reason` is the refusal's metric label."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_document_count(count: int, config: LandmarkConfig) -> None:
+    """Raise TooMuchDocumentError when a request carries more documents than allowed."""
+    if count > config.max_request_documents:
+        raise TooMuchDocumentError(
+            f"the request carries {count} documents, over the limit of "
+            f"{config.max_request_documents} per request (--landmark-max-request-documents)",
+            "too_many_documents",
+        )
+
+
+def check_document_tokens(total: int, config: LandmarkConfig) -> None:
+    """Raise TooMuchDocumentError when a request's documents hold more tokens than allowed."""
+    if total > config.max_request_document_tokens:
+        raise TooMuchDocumentError(
+            f"the request's documents hold {total} tokens or more, over the limit of "
+            f"{config.max_request_document_tokens} per request "
+            "(--landmark-max-request-document-tokens)",
+            "too_many_document_tokens",
+        )
+
+
 def normalize_document(item: Any, config: LandmarkConfig) -> dict[str, Any]:
     """Return {"text": str} or {"token_ids": list[int]}, plus "factor" when given."""
     if isinstance(item, str):

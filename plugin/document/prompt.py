@@ -20,7 +20,7 @@ from typing import Any
 
 from ..planning import PlannedDocument, ScoredSpans
 from . import MODALITY
-from .items import normalize_document
+from .items import check_document_count, check_document_tokens, normalize_document
 from .marker import DOCUMENT_MARKER, split_at_markers
 from .reader import DocumentReader, ParsedDocument
 
@@ -62,12 +62,14 @@ def tokenize_around_documents(
     """
     raw = prompt["multi_modal_data"][MODALITY]
     raw = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    check_document_count(len(raw), reader.config)
     documents = tuple(
         item
         if isinstance(item, ParsedDocument)
         else reader.parse(normalize_document(item, reader.config), DOCUMENT_MARKER)
         for item in raw
     )
+    check_document_tokens(sum(d.num_tokens for d in documents), reader.config)
     pieces = split_at_markers(prompt["prompt"], [d.marker for d in documents])
     token_ids, positions = reader.segments.encode(pieces, encode_kwargs)
     layout = PromptLayout(

@@ -25,6 +25,7 @@ from .encoding import (
     llm_token_offsets,
     plan_windows,
 )
+from .identifiers import identifier_unit_counts
 from .lexical import bm25_span_scores, reciprocal_rank_fusion
 from .m3 import M3Encoder
 from .m3_scores import check_weights
@@ -349,11 +350,15 @@ class SpanRanker:
         weights: Sequence[float] | None = None,
         llm_tokenizer: Any = None,
         lexical_fusion: bool = False,
+        exact_identifiers: bool = True,
     ) -> LandmarkScores:
         """Per-unit scores in document order (see :class:`LandmarkScores`), for the planner.
 
         ``lexical_fusion``: rank candidate spans by the reciprocal rank fusion of their hybrid
-        score and their BM25 score over the document's sentences (:mod:`.lexical`).
+        score and their BM25 score over the document's sentences (:mod:`.lexical`); with
+        ``exact_identifiers``, a sentence that holds an identifier the question quotes (a UUID, a
+        code, a path: :mod:`.identifiers`), whole and verbatim, then outranks every sentence
+        that holds fewer of them (the fused score, below 1, breaks ties).
         """
         r = self._score(document, query, span_sentences, span_tokens, weights, llm_tokenizer)
         spans, hybrid = r.spans, r.scores.hybrid
@@ -367,6 +372,8 @@ class SpanRanker:
             pick = np.nonzero(spans[:, 1] - spans[:, 0] == w)[0]
             for offset in range(int(w)):
                 np.maximum.at(best, spans[pick, 0] + offset, hybrid[pick])
+        if lexical_fusion and exact_identifiers:  # fused scores are below 1: a hit outranks
+            best = best + identifier_unit_counts(document, r.chars, query)
         single = np.stack([np.arange(n_units), np.arange(n_units) + 1], axis=1)
         alone = score_spans(r.stats, r.query, single, r.weights)
         return LandmarkScores(

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..document.items import DocumentError
+from ..document.items import DocumentError, check_document_count, check_document_tokens
 from ..document.marker import new_marker
 from ..document.reader import DocumentReader, ParsedDocument
 from ..planning import PlannedDocument
@@ -24,13 +24,17 @@ from .file_parts import DOCUMENT_PART_TYPES, document_from_part
 INTERNAL_PART = "landmark_document"
 
 
-def has_document_parts(messages: list[Any]) -> bool:
-    return any(
+def count_document_parts(messages: list[Any]) -> int:
+    return sum(
         isinstance(part, dict) and part.get("type") in DOCUMENT_PART_TYPES
         for message in messages
         if isinstance(message, dict) and isinstance(message.get("content"), list)
         for part in message["content"]
     )
+
+
+def has_document_parts(messages: list[Any]) -> bool:
+    return count_document_parts(messages) > 0
 
 
 def documents_field_to_parts(messages: list[Any], documents: list[Any]) -> list[Any]:
@@ -100,12 +104,17 @@ def _parse_parts(
     `cancel` is checked before each document: once set, the work stops.
     """
     query = last_user_text(messages)
+    check_document_count(count_document_parts(messages), reader.config)
+    total = 0
 
     def parse(part: Any) -> Any:
+        nonlocal total
         if not (isinstance(part, dict) and part.get("type") in DOCUMENT_PART_TYPES):
             return part
         check(cancel)
         document = reader.parse(document_from_part(part, reader.config), new_marker(), query)
+        total += document.num_tokens
+        check_document_tokens(total, reader.config)  # stops at the document that crosses it
         return {"type": INTERNAL_PART, INTERNAL_PART: document}
 
     return replace_parts(messages, parse)

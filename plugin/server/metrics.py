@@ -41,6 +41,8 @@ REFUSAL_REASONS = (
     "file_not_found",
     "store_full",
     "too_large",
+    "too_many_documents",
+    "too_many_document_tokens",
     "unsupported_media_type",
     "bad_upload",
 )
