@@ -221,6 +221,49 @@ def _retriever_rows(results: Path) -> list[list[str]]:
     ]
 
 
+def _default_rows(results: Path) -> list[list[str]]:
+    ranking = _read(results, "identifier_ranking.json")["rows"]
+    cost = _read(results, "bench_default_retriever.json")
+    lengths = sorted({r["length"] for r in ranking})
+
+    def first(length: int, exact: bool) -> str:
+        rows = [r for r in ranking if r["length"] == length and r["exact_identifiers"] == exact]
+        hits = sum(round(r["first"] * r["questions"]) for r in rows)
+        return f"{hits}/{sum(r['questions'] for r in rows)}"
+
+    def spread(setting: str, key: str, unit: str) -> str:
+        values = sorted(r[key] for r in cost["runs"] if r["retriever"] == setting)
+        middle = values[len(values) // 2]
+        return f"{middle:.0f} [{values[0]:.0f}-{values[-1]:.0f}] {unit}"
+
+    return [
+        [
+            "Questions quoting an identifier (UUID, hash, error code, path) among look-alike "
+            "lines, default retriever: the line holding it ranked first, with / without the "
+            "exact-identifier channel",
+            ", ".join(f"{_k(n)} {first(n, True)} vs {first(n, False)}" for n in lengths),
+            "`identifier_ranking.json`",
+        ],
+        [
+            "The retriever as the default (loaded on first need) vs `--landmark-retriever "
+            "none`, tiny model, per server (median [range] over servers): start-up, plain "
+            "requests, documents that fit",
+            "; ".join(
+                f"{label} {spread('default', key, unit)} vs {spread('none', key, unit)}"
+                for label, key, unit in (
+                    ("start-up", "startup_s", "s"),
+                    ("plain", "plain_median_ms", "ms"),
+                    ("fitting", "fits_median_ms", "ms"),
+                )
+            )
+            + f"; the first over-long document {cost['over_long_first_ms'] / 1000:.1f} s "
+            f"(loads it), later ones {cost['over_long_later_median_ms'] / 1000:.1f} s; "
+            f"{_load(cost)}",
+            "`bench_default_retriever.json`",
+        ],
+    ]
+
+
 def _gpu_row(results: Path) -> list[str]:
     bench = _read(results, "bench_32k_h200.json")
     bf16 = next(s for s in bench["summary"] if s["dtype"] == "bfloat16")
@@ -245,6 +288,7 @@ def measured(results: Path) -> str:
         *_ttft_rows(results),
         *_serving_rows(results),
         *_retriever_rows(results),
+        *_default_rows(results),
         _gpu_row(results),
     ]
     lines = ["| measured | result | `eval/results/` |", "|---|---|---|"]

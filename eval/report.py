@@ -385,6 +385,75 @@ def retrieval_quality_section(results: Path) -> str | None:
     )
 
 
+def identifier_section(results: Path) -> str | None:
+    """Markdown for ``identifier_ranking.json``: quoted identifiers among look-alike lines."""
+    data = _load(results, "identifier_ranking.json")
+    if data is None:
+        return None
+    rows = []
+    for row in data["rows"]:
+        low, high = row["first_interval"]
+        rows.append(
+            [
+                f"{row['length']:,}",
+                row["kind"],
+                str(row["lines"]),
+                "on" if row["exact_identifiers"] else "off",
+                f"{row['first']:.2f} [{low:.2f}, {high:.2f}]",
+                f"{row['top5']:.2f}",
+                f"{row['median_rank']:.0f}",
+            ]
+        )
+    head = ["tokens", "key kind", "lines", "exact identifiers", "ranked first", "top 5", "median"]
+    return "\n".join(
+        [
+            "## Identifier-keyed questions among look-alike lines (`identifier_ranking.json`)",
+            "",
+            "`python -m eval.identifier_ranking`: " + data["method"] + f"; {data['retriever']}. "
+            "Ranked first: share of questions (95% Wilson interval).",
+            "",
+            *provenance_lines(data),
+            _table(head, rows),
+            "",
+        ]
+    )
+
+
+def default_retriever_section(results: Path) -> str | None:
+    """Markdown for ``bench_default_retriever.json``: what the default retriever costs."""
+    data = _load(results, "bench_default_retriever.json")
+    if data is None:
+        return None
+    rows = [
+        [
+            run["retriever"],
+            f"{run['startup_s']:.1f}",
+            f"{run['plain_median_ms']:.1f}",
+            f"{run['fits_median_ms']:.1f}",
+        ]
+        for run in data.get("runs", [])
+    ]
+    ratios = data["ratios"]
+    return "\n".join(
+        [
+            "## The retriever as the default: start-up and requests that do not need it "
+            "(`bench_default_retriever.json`)",
+            "",
+            f"`python -m eval.benchmarks.bench_default_retriever`: {data['method']}; "
+            f"{data['model']}.",
+            "",
+            *provenance_lines(data),
+            _table(["retriever", "start-up s", "plain p50 ms", "fitting document p50 ms"], rows),
+            "",
+            f"Default / none: start-up x{ratios['startup']:.3f}, plain requests "
+            f"x{ratios['plain_median']:.3f}, fitting documents x{ratios['fits_median']:.3f}. "
+            f"First over-long document {data['over_long_first_ms']:.0f} ms (prepares and loads "
+            f"the retriever), later ones {data['over_long_later_median_ms']:.0f} ms (median).",
+            "",
+        ]
+    )
+
+
 def m3_section(results: Path) -> str | None:
     """Markdown for ``bench_m3.json``: the project's M3 encoder vs FlagEmbedding."""
     data = _load(results, "bench_m3.json")
@@ -1031,6 +1100,8 @@ def build(results: Path) -> str:
         parts.append("\n".join([report_section(data, path.name), *provenance_lines(data)]))
     for section in (
         retrieval_quality_section(results),
+        identifier_section(results),
+        default_retriever_section(results),
         retriever_speed_section(results),
         m3_section(results),
         attention_section(results),

@@ -1,10 +1,13 @@
 """Benchmark: what the retriever being the default costs requests that do not need it.
 
 Starts the plugin on the same tiny model with `--landmark-retriever none` and with no retriever
-flag (the bundled retriever, loaded lazily), one at a time in the order none, default, default,
-none, and measures each server's start-up, plain requests (no document) and requests whose
-document fits the window. Then, on a default server, the first over-long document (which loads
-the retriever) against later ones. Prints ratios (default / none) and writes JSON.
+flag (the bundled retriever, loaded lazily), one at a time, in pairs whose order alternates
+(none, default, default, none, ...), and measures each server's start-up, plain requests (no
+document) and requests whose document fits the window. Servers of the same setting differ by
+several milliseconds per request from one start to the next, so the result keeps every
+server's medians and compares the medians of those. Then, on a default server, the first
+over-long document (which loads the retriever) against later ones. Prints ratios
+(default / none) and writes JSON.
 
     python -m eval.benchmarks.bench_default_retriever [--requests 40]
         [--out eval/results/bench_default_retriever.json]
@@ -57,6 +60,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="of each kind per server")
     parser.add_argument("--long-documents", type=int, default=4)
     parser.add_argument(
+        "--rounds", type=int, default=3, help="server pairs, alternating which starts first"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("eval/results/bench_default_retriever.json")
     )
     args = parser.parse_args()
@@ -73,7 +79,8 @@ def main() -> None:
     long_first: list[float] = []
     long_later: list[float] = []
     runs = []
-    for name in ("none", "default", "default", "none"):
+    order = [("none", "default"), ("default", "none")] * args.rounds
+    for name in [name for pair in order[: args.rounds] for name in pair]:
         first_plain, first_fits = len(plain[name]), len(fits[name])
         server = ServerProcess(model, COMMON_ARGS + SETTINGS[name], log_dir=work).start()
         try:
@@ -104,15 +111,30 @@ def main() -> None:
 
     result = {
         "model": "tiny random Llama (2 layers, hidden 64), float32, --enforce-eager, window 1024",
-        "method": "plugin servers one at a time in the order none, default, default, none; "
-        f"{args.requests} plain requests and {args.requests} requests with a 300-token document "
-        "that fits, per setting, 8 output tokens; then on the first default server one "
-        f"over-long document (3,000 tokens, loads the retriever) and {args.long_documents - 1} "
-        "more (retriever loaded; each a new document, so each is encoded)",
+        "method": f"{args.rounds} pairs of plugin servers, one server at a time, alternating "
+        f"which setting starts first; {args.requests // 2} plain requests and "
+        f"{args.requests // 2} requests with a 300-token document that fits per server, 8 "
+        "output tokens; per setting the median of the servers' medians; then on the first "
+        "default server one over-long document (3,000 tokens, loads the retriever) and "
+        f"{args.long_documents - 1} more (retriever loaded; each a new document, so each is "
+        "encoded)",
         "runs": runs,
-        "startup_s": {name: statistics.fmean(v) for name, v in startup.items()},
-        "plain_median_ms": {name: median_ms(v) for name, v in plain.items()},
-        "fits_median_ms": {name: median_ms(v) for name, v in fits.items()},
+        "startup_s": {name: statistics.median(v) for name, v in startup.items()},
+        "plain_median_ms": {
+            name: statistics.median(r["plain_median_ms"] for r in runs if r["retriever"] == name)
+            for name in SETTINGS
+        },
+        "fits_median_ms": {
+            name: statistics.median(r["fits_median_ms"] for r in runs if r["retriever"] == name)
+            for name in SETTINGS
+        },
+        "plain_spread_ms": {
+            name: [
+                min(r["plain_median_ms"] for r in runs if r["retriever"] == name),
+                max(r["plain_median_ms"] for r in runs if r["retriever"] == name),
+            ]
+            for name in SETTINGS
+        },
         "over_long_first_ms": 1000 * long_first[0],
         "over_long_later_median_ms": median_ms(long_later) if long_later else None,
     }
