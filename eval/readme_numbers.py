@@ -264,6 +264,22 @@ def _default_rows(results: Path) -> list[list[str]]:
     ]
 
 
+def _long_retrieval_row(results: Path) -> list[str]:
+    bench = _read(results, "bench_long_retrieval.json")
+    rows = bench["rows"]
+    return [
+        "The default retriever's pass over one long document (LLM tokens), encoding included: "
+        "seconds, per-token time vs the shortest, peak memory of the process",
+        "; ".join(
+            f"{r['llm_tokens']:,}: {r['seconds']:.1f} s (x{r['per_token_vs_shortest']:.2f}), "
+            f"{r['peak_rss_mib'] / 1024:.1f} GiB"
+            for r in rows
+        )
+        + f"; {_load(bench)}",
+        "`bench_long_retrieval.json`",
+    ]
+
+
 def _gpu_row(results: Path) -> list[str]:
     bench = _read(results, "bench_32k_h200.json")
     bf16 = next(s for s in bench["summary"] if s["dtype"] == "bfloat16")
@@ -289,6 +305,7 @@ def measured(results: Path) -> str:
         *_serving_rows(results),
         *_retriever_rows(results),
         *_default_rows(results),
+        _long_retrieval_row(results),
         _gpu_row(results),
     ]
     lines = ["| measured | result | `eval/results/` |", "|---|---|---|"]

@@ -454,6 +454,38 @@ def default_retriever_section(results: Path) -> str | None:
     )
 
 
+def long_retrieval_section(results: Path) -> str | None:
+    """Markdown for ``bench_long_retrieval.json``: the retriever's pass by document length."""
+    data = _load(results, "bench_long_retrieval.json")
+    if data is None:
+        return None
+    rows = [
+        [
+            f"{r['llm_tokens']:,}",
+            f"{r['retriever_tokens']:,}",
+            f"{r['sentences']:,}",
+            f"{r['seconds']:.1f}",
+            f"{r['seconds_per_1k_llm_tokens']:.2f} (x{r['per_token_vs_shortest']:.2f})",
+            f"{r['peak_rss_mib']:.0f}",
+        ]
+        for r in data["rows"]
+    ]
+    head = ["LLM tokens", "retriever tokens", "sentences", "s", "s per 1K", "peak MiB"]
+    return "\n".join(
+        [
+            "## The retriever's pass over long documents (`bench_long_retrieval.json`)",
+            "",
+            f"`python -m eval.benchmarks.bench_long_retrieval`: {data['method']}; "
+            f"{data['retriever']}. A document over 131,072 retriever tokens is over the "
+            "retriever's limit today (the plan then falls back to head and tail).",
+            "",
+            *provenance_lines(data),
+            _table(head, rows),
+            "",
+        ]
+    )
+
+
 def m3_section(results: Path) -> str | None:
     """Markdown for ``bench_m3.json``: the project's M3 encoder vs FlagEmbedding."""
     data = _load(results, "bench_m3.json")
@@ -1102,6 +1134,7 @@ def build(results: Path) -> str:
         retrieval_quality_section(results),
         identifier_section(results),
         default_retriever_section(results),
+        long_retrieval_section(results),
         retriever_speed_section(results),
         m3_section(results),
         attention_section(results),
