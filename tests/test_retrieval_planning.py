@@ -133,6 +133,16 @@ def _metric(server: ServerProcess, name: str) -> float:
     return float(values[0]) if values else 0.0
 
 
+def _ask(client: openai.OpenAI, model: str, documents: list[str], question: str = QUESTION):
+    """One chat request: the documents as document parts, then the question."""
+    content = [{"type": "document", "document": {"text": text}} for text in documents]
+    return client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": [*content, {"type": "text", "text": question}]}],
+        max_tokens=2,
+    )
+
+
 def test_a_fresh_landmark_server_plans_with_the_bundled_retriever(
     default_server, tiny_model
 ) -> None:
@@ -145,26 +155,12 @@ def test_a_fresh_landmark_server_plans_with_the_bundled_retriever(
     client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=2
     )
-    short = make_document(tokenizer, 120, seed=44)
-    content = [
-        {"type": "document", "document": {"text": short}},
-        {"type": "text", "text": QUESTION},
-    ]
-    fits = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": content}], max_tokens=2
-    )
+    fits = _ask(client, model, [make_document(tokenizer, 120, seed=44)])
     assert fits.model_extra["landmark"]["documents"][0]["selection"] == "whole"
     assert _metric(default_server, retrievals) == 0
 
     # An over-long document is planned by the question, not cut to its head and tail.
-    document = make_document(tokenizer, 900, seed=45)
-    content = [
-        {"type": "document", "document": {"text": document}},
-        {"type": "text", "text": QUESTION},
-    ]
-    response = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": content}], max_tokens=2
-    )
+    response = _ask(client, model, [make_document(tokenizer, 900, seed=45)])
     block = response.model_extra["landmark"]["documents"][0]
     assert (block["selection"], block["reason"]) == ("retriever", "window")
     assert block["factors"] == [1] and block["injected_tokens"] < block["raw_tokens"]
@@ -186,20 +182,10 @@ def test_a_request_over_the_document_ceilings_gets_a_413_naming_the_limit(
     ]
     for documents, flag, reason in cases:
         before = _metric(default_server, refused % reason)
-        content = [{"type": "document", "document": {"text": text}} for text in documents]
         with pytest.raises(openai.APIStatusError) as info:
-            client.chat.completions.create(
-                model=model,
-                messages=[{"role": "user", "content": [*content, {"type": "text", "text": "?"}]}],
-                max_tokens=2,
-            )
+            _ask(client, model, documents, "?")
         assert info.value.status_code == 413 and flag in str(info.value), info.value
         assert _metric(default_server, refused % reason) == before + 1
     # The server is unharmed: a request within the ceilings is answered.
-    content = [{"type": "document", "document": {"text": t}} for t in [small] * 4]
-    ok = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": [*content, {"type": "text", "text": "?"}]}],
-        max_tokens=2,
-    )
+    ok = _ask(client, model, [small] * 4, "?")
     assert len(ok.model_extra["landmark"]["documents"]) == 4

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -45,53 +43,13 @@ def default_work_dir(name: str) -> Path:
     return default_cache_dir() / "eval" / name
 
 
-def code_revision() -> str | None:
-    """``git describe``-like revision of the checkout, ``+dirty`` when plugin code is edited."""
-    import subprocess
-
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "plugin", "patches"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = None
-    try:
-        import psutil
+    """What the numbers were measured on (``eval.provenance.machine``), plus the checkout and
+    the load average, as the suite's results record them."""
+    from eval.provenance import code_revision, load_average
+    from eval.provenance import machine as host
 
-        memory = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        pass
-    return {
-        "arch": platform.machine(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "memory_gib": memory,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "gpu": None,
-        "code": code_revision(),
-        "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-    }
+    return {**host(), "code": code_revision(), "load_avg": load_average()}
 
 
 def filtered_suite(suite: Path, lengths: Sequence[int], work: Path) -> Path:
