@@ -10,7 +10,7 @@ import pytest
 
 from eval import report
 from eval.benchmarks.bench_serving import RssSampler, content_for
-from eval.provenance import KEYS, missing_keys, provenance, with_provenance
+from eval.provenance import KEYS, missing_keys, provenance, with_provenance, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "eval" / "results"
@@ -161,3 +161,12 @@ def test_provenance_header() -> None:
     assert header["machine"]["cpus"] >= 1
     result = with_provenance({"a": 1, "provenance": "old"}, header)
     assert list(result) == ["provenance", "a"] and missing_keys(result) == []
+
+
+def test_write_result_puts_the_header_first(tmp_path: Path) -> None:
+    header = provenance("eval.identifier_ranking", [], config={}, embedder=None)
+    out = tmp_path / "new" / "result.json"
+    write_result(out, {"rows": [1, 2], "name": "é"}, header, indent=1, ensure_ascii=False)
+    text = out.read_text(encoding="utf-8")
+    assert text.endswith("}\n") and "é" in text
+    assert json.loads(text) == {"provenance": header, "rows": [1, 2], "name": "é"}

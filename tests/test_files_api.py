@@ -10,10 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from vllm_landmark.testing.server_process import ServerProcess
 
@@ -94,20 +92,9 @@ def _upload(client: openai.OpenAI, text: str, name: str = "report.txt") -> str:
     return created.id
 
 
-def _metrics(server: ServerProcess) -> dict[str, float]:
-    text = httpx.get(server.base_url.removesuffix("/v1") + "/metrics", timeout=30).text
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.startswith("vllm:landmark"):
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
-    return values
-
-
 def test_sdk_upload_chat_twice_list_delete(files_server: ServerProcess) -> None:
     client = _client(files_server, KEY_A)
-    before = _metrics(files_server)
+    before = files_server.landmark_metrics()
     text = _text(600, seed=3)
     file_id = _upload(client, text)
 
@@ -120,7 +107,7 @@ def test_sdk_upload_chat_twice_list_delete(files_server: ServerProcess) -> None:
     assert client.files.retrieve(file_id).purpose == "user_data"
     assert client.files.content(file_id).text == text
 
-    after = _metrics(files_server)
+    after = files_server.landmark_metrics()
     assert after["vllm:landmark_documents_total"] == before["vllm:landmark_documents_total"] + 2
     raw = "vllm:landmark_document_raw_tokens_total"
     assert after[raw] == before[raw] + 2 * block["raw_tokens"]
@@ -141,7 +128,7 @@ def test_sdk_upload_chat_twice_list_delete(files_server: ServerProcess) -> None:
     with pytest.raises(openai.BadRequestError, match="no file with id"):
         _ask(client, file_id)
     refused = "vllm:landmark_requests_refused_total{reason=file_not_found}"
-    assert _metrics(files_server)[refused] == after[refused] + 1
+    assert files_server.landmark_metrics()[refused] == after[refused] + 1
 
 
 def test_a_key_cannot_read_list_or_use_another_keys_file(files_server: ServerProcess) -> None:
@@ -172,7 +159,7 @@ def test_a_key_cannot_read_list_or_use_another_keys_file(files_server: ServerPro
 
 def test_uploads_are_checked_and_bounded(files_server: ServerProcess) -> None:
     client = _client(files_server, KEY_A)
-    before = _metrics(files_server)
+    before = files_server.landmark_metrics()
     with pytest.raises(openai.APIStatusError) as info:
         client.files.create(file=("a.pdf", b"%PDF-1.4", "application/pdf"), purpose="user_data")
     assert info.value.status_code == 415
@@ -189,7 +176,7 @@ def test_uploads_are_checked_and_bounded(files_server: ServerProcess) -> None:
     with pytest.raises(openai.APIStatusError, match="file store is full") as info:
         _upload(client, "word " * 7800)
     assert info.value.status_code == 413
-    after = _metrics(files_server)
+    after = files_server.landmark_metrics()
     for reason, count in [("unsupported_media_type", 2), ("too_large", 1), ("store_full", 1)]:
         key = f"vllm:landmark_requests_refused_total{{reason={reason}}}"
         assert after[key] == before[key] + count, reason

@@ -189,18 +189,6 @@ def test_hard_documents_are_served(post, spans_server: ServerProcess) -> None:
     assert httpx.get(spans_server.base_url.removesuffix("/v1") + "/health").status_code == 200
 
 
-def _landmark_metrics(server: ServerProcess) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(server.base_url.removesuffix("/v1") + "/metrics", timeout=30).text
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name.startswith("vllm:landmark") and not sample.labels
-    }
-
-
 def test_encoding_cache_metrics_and_deleting_a_file_drops_its_encodings(
     post, spans_server: ServerProcess
 ) -> None:
@@ -211,7 +199,7 @@ def test_encoding_cache_metrics_and_deleting_a_file_drops_its_encodings(
     client = openai.OpenAI(base_url=spans_server.base_url, api_key="unused", max_retries=0)
     rng = random.Random(77)
     text = "\n\n".join(generate_text(rng, 4) for _ in range(40))
-    before = _landmark_metrics(spans_server)
+    before = spans_server.landmark_metrics()
     file_id = client.files.create(
         file=("long.txt", text.encode(), "text/plain"), purpose="user_data"
     ).id
@@ -225,7 +213,7 @@ def test_encoding_cache_metrics_and_deleting_a_file_drops_its_encodings(
             model=model, messages=[{"role": "user", "content": content}], max_tokens=2
         )
         assert response.model_extra["landmark"]["documents"][0]["selection"] == "retriever"
-    after = _landmark_metrics(spans_server)
+    after = spans_server.landmark_metrics()
     misses = "vllm:landmark_encoding_cache_misses_total"
     hits = "vllm:landmark_encoding_cache_hits_total"
     assert after[misses] == before[misses] + 1 and after[hits] == before[hits] + 1
@@ -236,7 +224,7 @@ def test_encoding_cache_metrics_and_deleting_a_file_drops_its_encodings(
     assert cached > before["vllm:landmark_encoding_cache_bytes"]
 
     client.files.delete(file_id)
-    assert _landmark_metrics(spans_server)["vllm:landmark_encoding_cache_bytes"] < cached
+    assert spans_server.landmark_metrics()["vllm:landmark_encoding_cache_bytes"] < cached
     # Asked again by its text, the document is encoded again (a miss, not a hit).
     response = post({"document": text, "question": "Where is the river?"})
     assert response.json()["document"]["cached"] is False

@@ -125,14 +125,6 @@ def default_server(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess
         yield s
 
 
-def _metric(server: ServerProcess, name: str) -> float:
-    import httpx
-
-    text = httpx.get(server.base_url.removesuffix("/v1") + "/metrics", timeout=30).text
-    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
-    return float(values[0]) if values else 0.0
-
-
 def _ask(client: openai.OpenAI, model: str, documents: list[str], question: str = QUESTION):
     """One chat request: the documents as document parts, then the question."""
     content = [{"type": "document", "document": {"text": text}} for text in documents]
@@ -157,14 +149,14 @@ def test_a_fresh_landmark_server_plans_with_the_bundled_retriever(
     )
     fits = _ask(client, model, [make_document(tokenizer, 120, seed=44)])
     assert fits.model_extra["landmark"]["documents"][0]["selection"] == "whole"
-    assert _metric(default_server, retrievals) == 0
+    assert default_server.landmark_metrics().get(retrievals, 0.0) == 0
 
     # An over-long document is planned by the question, not cut to its head and tail.
     response = _ask(client, model, [make_document(tokenizer, 900, seed=45)])
     block = response.model_extra["landmark"]["documents"][0]
     assert (block["selection"], block["reason"]) == ("retriever", "window")
     assert block["factors"] == [1] and block["injected_tokens"] < block["raw_tokens"]
-    assert _metric(default_server, retrievals) == 1
+    assert default_server.landmark_metrics().get(retrievals, 0.0) == 1
 
 
 def test_a_request_over_the_document_ceilings_gets_a_413_naming_the_limit(
@@ -175,17 +167,17 @@ def test_a_request_over_the_document_ceilings_gets_a_413_naming_the_limit(
     model = str(tiny_model)
     small = make_document(tokenizer, 50, seed=46)
     big = make_document(tokenizer, 1600, seed=47)
-    refused = 'vllm:landmark_requests_refused_total{reason="%s"}'
+    refused = "vllm:landmark_requests_refused_total{reason=%s}"
     cases = [
         ([small] * 5, "--landmark-max-request-documents", "too_many_documents"),
         ([big, big], "--landmark-max-request-document-tokens", "too_many_document_tokens"),
     ]
     for documents, flag, reason in cases:
-        before = _metric(default_server, refused % reason)
+        before = default_server.landmark_metrics()[refused % reason]
         with pytest.raises(openai.APIStatusError) as info:
             _ask(client, model, documents, "?")
         assert info.value.status_code == 413 and flag in str(info.value), info.value
-        assert _metric(default_server, refused % reason) == before + 1
+        assert default_server.landmark_metrics()[refused % reason] == before + 1
     # The server is unharmed: a request within the ceilings is answered.
     ok = _ask(client, model, [small] * 4, "?")
     assert len(ok.model_extra["landmark"]["documents"]) == 4

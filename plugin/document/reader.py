@@ -18,12 +18,12 @@ from ..compression.choice import EmbedderChoice
 from ..config import LandmarkConfig
 from ..planning import (
     DocumentToPlan,
+    Plan,
     PlanError,
     PlannedDocument,
     PlanSettings,
     ScoredSpans,
     needs_scores,
-    num_soft_tokens,
     plan_prompt,
 )
 from .items import DocumentError
@@ -107,7 +107,7 @@ class DocumentReader:
                 )
         cap = self.config.budget
         if plan is not None and cap is not None:
-            needed = sum(num_soft_tokens(end - start, k) for start, end, k in plan)
+            needed = Plan.from_triples(plan).soft_tokens
             if needed > cap:
                 raise DocumentError(
                     f"the plan needs {needed} soft tokens, over the budget of {cap} "

@@ -98,7 +98,7 @@ class DocumentToPlan:
         if self.factor is not None:
             return num_soft_tokens(self.num_tokens, self.factor)
         if self.plan is not None:
-            return sum(num_soft_tokens(end - start, k) for start, end, k in self.plan)
+            return Plan.from_triples(self.plan).soft_tokens
         return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -94,8 +93,7 @@ def retriever_mode() -> RetrieverMode:
     return RetrieverMode(device, quantize, retriever_backend(device, quantize))
 
 
-@lru_cache(maxsize=4)
-def _ranker(folder: str) -> Any:
+def _build_ranker(folder: str) -> Any:
     from .m3 import M3Encoder
     from .spans import SpanRanker
 
@@ -115,20 +113,20 @@ def _ranker(folder: str) -> Any:
     return SpanRanker(encoder)
 
 
-#: Every SpanRanker built, by folder (what `loaded_span_rankers` reports).
-_loaded: dict[str, Any] = {}
+#: The SpanRanker of each folder, built once (the process's rankers: `loaded_span_rankers`).
+_rankers: dict[str, Any] = {}
 
 
 def get_span_ranker(folder: str | Path) -> Any:
     """The SpanRanker of a BGE-M3-layout folder (built once per folder, thread-safe)."""
     key = str(Path(folder).expanduser())
     with _lock:
-        ranker = _ranker(key)
-        _loaded[key] = ranker
-        return ranker
+        if key not in _rankers:
+            _rankers[key] = _build_ranker(key)
+        return _rankers[key]
 
 
 def loaded_span_rankers() -> list[Any]:
     """The SpanRankers this process has built so far (none is loaded by asking)."""
     with _lock:
-        return list(_loaded.values())
+        return list(_rankers.values())

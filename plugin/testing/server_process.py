@@ -90,6 +90,20 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"server not ready after {self.startup_timeout} s:\n{self.log_tail()}")
 
+    def landmark_metrics(self) -> dict[str, float]:
+        """The server's ``vllm:landmark*`` samples from /metrics, keyed ``name`` or
+        ``name{label=value,...}`` (labels sorted)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.base_url.removesuffix("/v1") + "/metrics", timeout=30).text
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.startswith("vllm:landmark"):
+                    labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                    values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+        return values
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
