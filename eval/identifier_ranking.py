@@ -15,7 +15,6 @@ ranked first and in the top 5, with a 95 % Wilson interval.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import uuid
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 
 KINDS: dict[str, Callable[[random.Random], str]] = {
     "uuid": lambda rng: str(uuid.UUID(int=rng.getrandbits(128))),
@@ -133,8 +132,7 @@ def main() -> None:
         "score_all_spans(lexical_fusion=True) with and without exact identifiers",
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(with_provenance(result, header), indent=2) + "\n")
+    write_result(args.out, result, header)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ condition scores the same T - 1 tokens. JSON goes to eval/results/perplexity.jso
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 from recipes.embedder.data import Sample, TokenShards, ar_sample
 from recipes.embedder.objective import load_frozen_llm, target_nll
 from vllm_landmark.compression.baseline import mean_pool_groups
@@ -171,8 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "skipped": skipped,
         "wins": _wins(results, args.factors),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(with_provenance(report, header), indent=2) + "\n")
+    write_result(args.output, report, header)
     print(format_table(report))
     return report
 

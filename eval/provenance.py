@@ -17,6 +17,7 @@ Standard library only: the GPU scripts import it on a machine without the projec
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -150,6 +151,20 @@ def provenance(
 def with_provenance(result: Mapping[str, Any], header: Mapping[str, Any]) -> dict[str, Any]:
     """``result`` with ``header`` as its first key, ``provenance``."""
     return {"provenance": dict(header), **{k: v for k, v in result.items() if k != "provenance"}}
+
+
+def write_result(
+    path: Path,
+    result: Mapping[str, Any],
+    header: Mapping[str, Any],
+    *,
+    indent: int = 2,
+    ensure_ascii: bool = True,
+) -> None:
+    """Write ``result`` with its provenance ``header`` as JSON to ``path`` (folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(with_provenance(result, header), indent=indent, ensure_ascii=ensure_ascii)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def missing_keys(result: Mapping[str, Any]) -> list[str]:

@@ -354,6 +354,12 @@ RETRIEVAL_MODES = (
 )
 
 
+def _result_section(title: str, intro: str, data: dict[str, Any], *after: str) -> str:
+    """One result's section: ``## title``, the intro, its provenance, then ``after`` (tables,
+    notes) and a blank line."""
+    return "\n".join(["## " + title, "", intro, "", *provenance_lines(data), *after, ""])
+
+
 def retrieval_quality_section(results: Path) -> str | None:
     """Markdown for ``retrieval_quality.json``: the default retriever on held-out queries."""
     data = _load(results, "retrieval_quality.json")
@@ -369,19 +375,14 @@ def retrieval_quality_section(results: Path) -> str | None:
         row.append(f"{before['ndcg@10']:.3f} / {before['recall@10']:.3f}")
         rows.append(row)
     head = ["candidates", *[name for _, name in RETRIEVAL_MODES], "hybrid, untrained heads"]
-    return "\n".join(
-        [
-            "## Retrieval quality of the default retriever (`retrieval_quality.json`)",
-            "",
-            "`python -m eval.retrieval_quality`: held-out man pages, Python and Linux "
-            f"documentation in {len(data['after']['languages'])} languages, one relevant passage "
-            "per query; nDCG@10 / recall@10, mean over languages, trained heads (last column: "
-            "the heads before training).",
-            "",
-            *provenance_lines(data),
-            _table(head, rows),
-            "",
-        ]
+    return _result_section(
+        "Retrieval quality of the default retriever (`retrieval_quality.json`)",
+        "`python -m eval.retrieval_quality`: held-out man pages, Python and Linux "
+        f"documentation in {len(data['after']['languages'])} languages, one relevant passage "
+        "per query; nDCG@10 / recall@10, mean over languages, trained heads (last column: "
+        "the heads before training).",
+        data,
+        _table(head, rows),
     )
 
 
@@ -405,17 +406,12 @@ def identifier_section(results: Path) -> str | None:
             ]
         )
     head = ["tokens", "key kind", "lines", "exact identifiers", "ranked first", "top 5", "median"]
-    return "\n".join(
-        [
-            "## Identifier-keyed questions among look-alike lines (`identifier_ranking.json`)",
-            "",
-            "`python -m eval.identifier_ranking`: " + data["method"] + f"; {data['retriever']}. "
-            "Ranked first: share of questions (95% Wilson interval).",
-            "",
-            *provenance_lines(data),
-            _table(head, rows),
-            "",
-        ]
+    return _result_section(
+        "Identifier-keyed questions among look-alike lines (`identifier_ranking.json`)",
+        "`python -m eval.identifier_ranking`: " + data["method"] + f"; {data['retriever']}. "
+        "Ranked first: share of questions (95% Wilson interval).",
+        data,
+        _table(head, rows),
     )
 
 
@@ -434,23 +430,17 @@ def default_retriever_section(results: Path) -> str | None:
         for run in data.get("runs", [])
     ]
     ratios = data["ratios"]
-    return "\n".join(
-        [
-            "## The retriever as the default: start-up and requests that do not need it "
-            "(`bench_default_retriever.json`)",
-            "",
-            f"`python -m eval.benchmarks.bench_default_retriever`: {data['method']}; "
-            f"{data['model']}.",
-            "",
-            *provenance_lines(data),
-            _table(["retriever", "start-up s", "plain p50 ms", "fitting document p50 ms"], rows),
-            "",
-            f"Default / none: start-up x{ratios['startup']:.3f}, plain requests "
-            f"x{ratios['plain_median']:.3f}, fitting documents x{ratios['fits_median']:.3f}. "
-            f"First over-long document {data['over_long_first_ms']:.0f} ms (prepares and loads "
-            f"the retriever), later ones {data['over_long_later_median_ms']:.0f} ms (median).",
-            "",
-        ]
+    return _result_section(
+        "The retriever as the default: start-up and requests that do not need it "
+        "(`bench_default_retriever.json`)",
+        f"`python -m eval.benchmarks.bench_default_retriever`: {data['method']}; {data['model']}.",
+        data,
+        _table(["retriever", "start-up s", "plain p50 ms", "fitting document p50 ms"], rows),
+        "",
+        f"Default / none: start-up x{ratios['startup']:.3f}, plain requests "
+        f"x{ratios['plain_median']:.3f}, fitting documents x{ratios['fits_median']:.3f}. "
+        f"First over-long document {data['over_long_first_ms']:.0f} ms (prepares and loads "
+        f"the retriever), later ones {data['over_long_later_median_ms']:.0f} ms (median).",
     )
 
 
@@ -471,18 +461,13 @@ def long_retrieval_section(results: Path) -> str | None:
         for r in data["rows"]
     ]
     head = ["LLM tokens", "retriever tokens", "sentences", "s", "s per 1K", "peak MiB"]
-    return "\n".join(
-        [
-            "## The retriever's pass over long documents (`bench_long_retrieval.json`)",
-            "",
-            f"`python -m eval.benchmarks.bench_long_retrieval`: {data['method']}; "
-            f"{data['retriever']}. A document over 131,072 retriever tokens is over the "
-            "retriever's limit today (the plan then falls back to head and tail).",
-            "",
-            *provenance_lines(data),
-            _table(head, rows),
-            "",
-        ]
+    return _result_section(
+        "The retriever's pass over long documents (`bench_long_retrieval.json`)",
+        f"`python -m eval.benchmarks.bench_long_retrieval`: {data['method']}; "
+        f"{data['retriever']}. A document over 131,072 retriever tokens is over the "
+        "retriever's limit today (the plan then falls back to head and tail).",
+        data,
+        _table(head, rows),
     )
 
 
@@ -497,30 +482,25 @@ def m3_section(results: Path) -> str | None:
         for r in data["throughput"]
     ]  # fmt: skip
     ranker = data["span_ranker"]
-    return "\n".join(
-        [
-            "## M3 encoder vs FlagEmbedding (`bench_m3.json`)",
-            "",
-            f"`python -m eval.benchmarks.bench_m3`: {data['model']}; {data['threads']} threads.",
-            "",
-            *provenance_lines(data),
-            _table(
-                [
-                    "tokens",
-                    "ours (tokens/s)",
-                    "FlagEmbedding (tokens/s)",
-                    "speedup",
-                    "max score difference",
-                ],
-                rows,
-            ),  # fmt: skip
-            "",
-            f"Span ranking over {ranker['tokens']} tokens: first question "
-            f"{_fmt(ranker['first_question_s'])} s, a second question on the cached encoding "
-            f"{_fmt(ranker['cached_second_question_s'])} s "
-            f"(x{_fmt(ranker['first_over_cached'], 0)}).",
-            "",
-        ]
+    return _result_section(
+        "M3 encoder vs FlagEmbedding (`bench_m3.json`)",
+        f"`python -m eval.benchmarks.bench_m3`: {data['model']}; {data['threads']} threads.",
+        data,
+        _table(
+            [
+                "tokens",
+                "ours (tokens/s)",
+                "FlagEmbedding (tokens/s)",
+                "speedup",
+                "max score difference",
+            ],
+            rows,
+        ),  # fmt: skip
+        "",
+        f"Span ranking over {ranker['tokens']} tokens: first question "
+        f"{_fmt(ranker['first_question_s'])} s, a second question on the cached encoding "
+        f"{_fmt(ranker['cached_second_question_s'])} s "
+        f"(x{_fmt(ranker['first_over_cached'], 0)}).",
     )
 
 
@@ -591,16 +571,11 @@ def attention_section(results: Path) -> str | None:
          f"{r['max_abs_diff']:.1e}"]
         for r in data["runs"]
     ]  # fmt: skip
-    return "\n".join(
-        [
-            "## Packed attention on CPU (`attention_loop_vs_mask_cpu.json`)",
-            "",
-            f"`python -m eval.benchmarks.bench_attention`: {data['what']}; median ms.",
-            "",
-            *provenance_lines(data),
-            _table(["spans", "tokens per span", "loop (ms)", "mask (ms)", "max abs diff"], rows),
-            "",
-        ]
+    return _result_section(
+        "Packed attention on CPU (`attention_loop_vs_mask_cpu.json`)",
+        f"`python -m eval.benchmarks.bench_attention`: {data['what']}; median ms.",
+        data,
+        _table(["spans", "tokens per span", "loop (ms)", "mask (ms)", "max abs diff"], rows),
     )
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 from vllm_landmark.retrieval.m3 import DEFAULT_WEIGHTS, M3Encoder, M3Output
 
 RESULTS = Path(__file__).resolve().parent / "results" / "retrieval_quality.json"
@@ -405,10 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch threads {args.threads}",
         **report,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(with_provenance(out, header), indent=2, ensure_ascii=False) + "\n"
-    )
+    write_result(args.out, out, header, indent=2, ensure_ascii=False)
     print(table(out, langs))
     for name, variant in out.get("variants", {}).items():
         means = " ".join(

@@ -36,7 +36,7 @@ from typing import Any
 
 from eval.benchmarks.bench_load import documents
 from eval.benchmarks.chat_stream import stream_chat
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 from vllm_landmark.testing.server_process import finished_per_engine
 
 
@@ -195,10 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "second_ttft_load_balanced_over_affinity": round(ratio, 2),
         "pairs": arms,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(with_provenance(result, header), indent=2) + "\n", encoding="utf-8"
-    )
+    write_result(args.out, result, header)
     print(
         json.dumps(
             {"summary": summary, "ratio": result["second_ttft_load_balanced_over_affinity"]}

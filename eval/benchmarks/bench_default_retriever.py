@@ -25,7 +25,7 @@ from pathlib import Path
 import openai
 from transformers import AutoTokenizer
 
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 from vllm_landmark.testing.documents import make_document
 from vllm_landmark.testing.server_process import ServerProcess
 from vllm_landmark.testing.tiny_llm import build_tiny_llama
@@ -143,8 +143,7 @@ def main() -> None:
         "plain_median": result["plain_median_ms"]["default"] / result["plain_median_ms"]["none"],
         "fits_median": result["fits_median_ms"]["default"] / result["fits_median_ms"]["none"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(with_provenance(result, header), indent=2) + "\n")
+    write_result(args.out, result, header)
     print(json.dumps(result, indent=2))
     ratios = result["ratios"]
     print(

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.benchmarks.chat_stream import stream_chat
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 
 PLAIN_TEXT = "hello, how are you today?"
 
@@ -266,10 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "phases": phases,
         "plain_p50_loaded_over_alone": round(loaded / alone, 2) if alone and loaded else None,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(with_provenance(result, header), indent=2) + "\n", encoding="utf-8"
-    )
+    write_result(args.out, result, header)
     print(json.dumps({k: result[k] for k in ("plain_p50_loaded_over_alone",)}), file=sys.stderr)
     return 0
 

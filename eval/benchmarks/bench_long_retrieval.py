@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 
 QUESTION = "Who designed the rotary snow plough known as the Badger?"
 
@@ -116,8 +116,7 @@ def main() -> None:
         "question": QUESTION,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(with_provenance(result, header), indent=2) + "\n")
+    write_result(args.out, result, header)
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ def main() -> None:
         flag_reference(*args.flag_reference)
         return
     # Imported here: the reference process runs this file by path, in FlagEmbedding's venv.
-    from eval.provenance import provenance, with_provenance
+    from eval.provenance import provenance, write_result
 
     header = provenance(  # before the work: its load average is the run's start
         "eval.benchmarks.bench_m3", None, config=vars(args), embedder=None
@@ -383,8 +383,7 @@ def main() -> None:
         "cache_entry_mb": ranker.cache.nbytes / 2**20,
     }
     results["throughput"] = rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(with_provenance(results, header), indent=2) + "\n")
+    write_result(args.out, results, header)
     for row in rows:
         line = f"{row['tokens']:>5} tokens: ours {row['ours_tokens_per_s']:7.1f} tok/s"
         if "speedup" in row:

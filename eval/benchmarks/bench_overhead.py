@@ -23,7 +23,7 @@ from pathlib import Path
 
 import openai
 
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 from vllm_landmark.testing.server_process import ServerProcess
 from vllm_landmark.testing.tiny_llm import build_tiny_llama
 
@@ -111,8 +111,7 @@ def main() -> None:
         "concurrent_median": conc["plugin"]["median_ms"] / conc["plain"]["median_ms"],
         "startup": result["startup_s"]["plugin"] / result["startup_s"]["plain"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(with_provenance(result, header), indent=2) + "\n")
+    write_result(args.out, result, header)
     print(json.dumps(result, indent=2))
     print(
         f"\nplugin/plain per-request latency: median x{result['ratios']['sequential_median']:.3f}, "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 from vllm_landmark.testing.server_process import ServerProcess, free_port
 
 QUESTIONS = (
@@ -180,8 +180,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(with_provenance(out, header), indent=2) + "\n")
+    write_result(args.out, out, header)
     print(json.dumps({k: out[k] for k in ("whole_document_direct_s", "cached_questions_median")}))
     print(f"wrote {args.out}")
 

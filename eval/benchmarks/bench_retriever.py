@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -169,8 +168,7 @@ def main() -> None:
         "load_average_after": [round(x, 2) for x in load],
         "modes": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(with_provenance(out, header), indent=2) + "\n")
+    write_result(args.out, out, header)
     for name, row in results.items():
         print(
             f"{name:>18}: {row['document_encode_s']:6.2f} s  {row['tokens_per_s']:7.1f} tok/s  "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import json
 import random
 import statistics
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.benchmarks.chat_stream import stream_chat
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 from eval.suite.run import default_work_dir
 
 QUESTION = "In one sentence, what is the document above about?"
@@ -280,8 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m eval.benchmarks.bench_serving " + " ".join(argv or sys.argv[1:]),
         "points": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(with_provenance(report, header), indent=1) + "\n")
+    write_result(args.out, report, header, indent=1)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -29,7 +29,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -192,8 +192,7 @@ def main() -> None:
             "prompt_tokens": len(cached.prompt_token_ids),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(with_provenance(report, header), indent=2) + "\n")
+    write_result(args.out, report, header)
     print(json.dumps(report, indent=2))
     print(
         f"\nTTFT for a {doc_tokens}-token document: plain text {medians['plain_text']:.2f} s, "

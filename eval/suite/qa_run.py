@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 from eval.suite.arms import (
     COMPRESSION_FACTORS,
     ArmInput,
@@ -510,11 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--items is required")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     report = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(with_provenance(report, header), indent=1, ensure_ascii=False) + "\n",
-        encoding="utf-8",
-    )
+    write_result(args.out, report, header, indent=1, ensure_ascii=False)
     print(markdown(report))
     return 0
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.longbench.pred import main as pred_main
-from eval.provenance import provenance, with_provenance
+from eval.provenance import provenance, write_result
 from eval.suite.generate import parse_lengths
 from eval.suite.score import score_dir
 from vllm_landmark.config import DEFAULT_RETRIEVER, parse_retriever
@@ -240,11 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "total_seconds": round(time.perf_counter() - started, 1),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(with_provenance(report, header), indent=1, ensure_ascii=False) + "\n",
-        encoding="utf-8",
-    )
+    write_result(args.out, report, header, indent=1, ensure_ascii=False)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if all(r["exit_code"] in (0, 1) for r in runs) else 1
 
