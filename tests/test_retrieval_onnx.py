@@ -161,9 +161,9 @@ def test_failed_export_falls_back_to_torch(
     monkeypatch.delenv(BACKEND_ENV, raising=False)
     monkeypatch.delenv(QUANTIZE_ENV, raising=False)
     with caplog.at_level("WARNING"):
-        ranker = service._ranker.__wrapped__(str(folder))
+        ranker = service._build_ranker(str(folder))
     assert ranker.encoder.backend == "torch"
     assert "runs in torch instead" in caplog.text
     monkeypatch.setenv(BACKEND_ENV, "onnx")  # asked for explicitly: the error is not hidden
     with pytest.raises(RuntimeError, match="exporter broke"):
-        service._ranker.__wrapped__(str(folder))
+        service._build_ranker(str(folder))
