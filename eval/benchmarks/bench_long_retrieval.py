@@ -6,8 +6,14 @@ scores it for one question the way the planner does (``score_all_spans(lexical_f
 encoding included, no cache). Reports seconds, seconds per 1K tokens (and its ratio to the
 shortest length) and the process's peak resident memory.
 
+With ``--answer``, each child instead answers the question about that document end to end
+through the offline engine with the plugin (the default retriever, budget 1,024, an 8K
+window): the document is tokenized, scored, planned and read, and the answer generated; it
+reports the call's seconds, the peak resident memory of the whole process (engine included)
+and the answer.
+
     python -m eval.benchmarks.bench_long_retrieval [--lengths 8192,32768,131072]
-        [--out eval/results/bench_long_retrieval.json]
+        [--answer] [--out eval/results/bench_long_retrieval.json]
 """
 
 from __future__ import annotations
@@ -26,18 +32,10 @@ from eval.provenance import provenance, write_result
 QUESTION = "Who designed the rotary snow plough known as the Badger?"
 
 
-def measure(length: int, seed: int) -> dict:
-    """One length in this process: build, score, report (run in a child process)."""
+def build_document(tokenizer, length: int, seed: int) -> str:
+    """The demo document's paragraphs drawn at random until ``length`` LLM tokens."""
     from importlib import resources
 
-    from transformers import AutoTokenizer
-
-    from vllm_landmark.default_models import prepare_default_llm, prepare_default_retriever
-    from vllm_landmark.retrieval.m3 import M3Encoder
-    from vllm_landmark.retrieval.service import retriever_mode
-    from vllm_landmark.retrieval.spans import SpanRanker
-
-    tokenizer = AutoTokenizer.from_pretrained(prepare_default_llm())
     text = resources.files("vllm_landmark.data").joinpath("demo_document.md").read_text()
     paragraphs = [p for p in text.split("\n\n") if p.strip()]
     rng = random.Random(seed)
@@ -47,7 +45,20 @@ def measure(length: int, seed: int) -> dict:
         paragraph = rng.choice(paragraphs)
         pieces.append(paragraph)
         tokens += len(tokenizer.encode(paragraph + "\n\n", add_special_tokens=False))
-    document = "\n\n".join(pieces)
+    return "\n\n".join(pieces)
+
+
+def measure(length: int, seed: int) -> dict:
+    """One length in this process: build, score, report (run in a child process)."""
+    from transformers import AutoTokenizer
+
+    from vllm_landmark.default_models import prepare_default_llm, prepare_default_retriever
+    from vllm_landmark.retrieval.m3 import M3Encoder
+    from vllm_landmark.retrieval.service import retriever_mode
+    from vllm_landmark.retrieval.spans import SpanRanker
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare_default_llm())
+    document = build_document(tokenizer, length, seed)
     llm_tokens = len(tokenizer.encode(document, add_special_tokens=False))
     device, quantize, backend = retriever_mode()
     ranker = SpanRanker(
@@ -75,15 +86,65 @@ def measure(length: int, seed: int) -> dict:
     }
 
 
+def answer(length: int, seed: int) -> dict:
+    """One length in this process: the offline engine answers about the document end to end."""
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm import LLM, SamplingParams
+
+    from vllm_landmark import LandmarkConfig, engine_kwargs
+    from vllm_landmark.default_models import prepare_default_llm
+
+    model = str(prepare_default_llm())
+    llm = LLM(
+        model=model,
+        dtype="float32",
+        max_model_len=8192,
+        enable_prefix_caching=False,
+        **engine_kwargs(LandmarkConfig(budget=1024)),
+    )
+    tokenizer = llm.get_tokenizer()
+    document = build_document(tokenizer, length, seed)
+    llm_tokens = len(tokenizer.encode(document, add_special_tokens=False))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "document", "document": {"text": document, "query": QUESTION}},
+                {"type": "text", "text": f"\n\nQuestion: {QUESTION}\nAnswer briefly."},
+            ],
+        }
+    ]
+    started = time.perf_counter()
+    output = llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=24))[0]
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "length": length,
+        "llm_tokens": llm_tokens,
+        "prompt_tokens": len(output.prompt_token_ids),
+        "seconds": seconds,
+        "seconds_per_1k_llm_tokens": 1000 * seconds / llm_tokens,
+        "peak_rss_mib": peak / 1024,
+        "peak_rss_before_answer_mib": before / 1024,
+        "answer": output.outputs[0].text.strip(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", default="8192,32768,131072")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--answer", action="store_true", help="answer end to end (engine)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("eval/results/bench_long_retrieval.json"))
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(measure(args.child, args.seed)))
+        run = answer if args.answer else measure
+        print(json.dumps(run(args.child, args.seed)))
         return
     header = provenance(
         "eval.benchmarks.bench_long_retrieval", None, config=vars(args), embedder=None
@@ -92,7 +153,8 @@ def main() -> None:
     for length in [int(x) for x in args.lengths.split(",")]:
         child = [sys.executable, "-m", "eval.benchmarks.bench_long_retrieval"]
         out = subprocess.run(
-            [*child, "--child", str(length), "--seed", str(args.seed)],
+            [*child, "--child", str(length), "--seed", str(args.seed)]
+            + (["--answer"] if args.answer else []),
             check=True,
             capture_output=True,
             text=True,
@@ -108,11 +170,18 @@ def main() -> None:
     base = rows[0]["seconds_per_1k_llm_tokens"]
     for row in rows:
         row["per_token_vs_shortest"] = row["seconds_per_1k_llm_tokens"] / base
+    method = (
+        "one process per length: the offline engine (SmolLM2-135M-Instruct, default retriever, "
+        "budget 1,024, 8K window) answers the question about the document end to end; peak "
+        "resident memory of that process, engine included"
+        if args.answer
+        else "one process per length: the demo document's paragraphs drawn at random up to "
+        "the length, scored for one question as the planner does (encoding included, no "
+        "cache); peak resident memory of that process"
+    )
     result = {
         "retriever": "default (multilingual-e5-small + trained heads)",
-        "method": "one process per length: the demo document's paragraphs drawn at random up to "
-        "the length, scored for one question as the planner does (encoding included, no "
-        "cache); peak resident memory of that process",
+        "method": method,
         "question": QUESTION,
         "rows": rows,
     }

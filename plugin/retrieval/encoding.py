@@ -14,10 +14,14 @@ How a document is encoded (:func:`encode_document`):
   (or everything up to the document's end).
 * Windows have one length, so several are batched without padding (no attention mask), up to
   the encoder's ``windows_per_forward`` (one on ONNX Runtime, which measured faster so).
-* Kept per token (content tokens only, no ``<s>``/``</s>``): the last hidden state, the lexical
-  weight ``relu(sparse_linear(h))`` (0 for the ids FlagEmbedding drops) and the normalized
-  multi-vector ``normalize(colbert_linear(h))``. That, plus the units (:mod:`.scoring`), is
-  what :mod:`.cache` stores: a second question costs one query forward and the scoring.
+* Streamed, so memory grows with the document by what scoring needs and no more: each
+  window's outputs are reduced as it leaves the encoder. Kept per token (content tokens only,
+  no ``<s>``/``</s>``): the lexical weight ``relu(sparse_linear(h))`` (0 for the ids
+  FlagEmbedding drops) and the normalized multi-vector ``normalize(colbert_linear(h))``. The
+  hidden states are not kept: they are summed per unit (sentence, :func:`~.segment.segment`)
+  on the way, which is all the dense score reads (:class:`Units`). That is what :mod:`.cache`
+  stores: a second question costs one query forward and the scoring. Per token, about
+  ``4 * colbert_dim + 32`` bytes (1.6 KB for e5-small, 4.1 KB for BGE-M3).
 * A folder with sentence-transformers prompts (e5: ``"query: "`` / ``"passage: "``) gets them
   as :meth:`M3Encoder.encode` does: each window reads ``<s> passage: <tokens> </s>`` (the
   prompt's tokens are not kept), the query ``query: <question>``.
@@ -39,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .m3 import M3Encoder, clean_text
-from .segment import Segment
+from .segment import DEFAULT_MAX_CHARS, Segment, segment
 
 
 def _clean_with_map(text: str) -> tuple[str, np.ndarray | None]:
@@ -107,28 +111,54 @@ def llm_token_offsets(
 
 
 @dataclass
+class Units:
+    """A document's units (sentences) and their query-independent reductions.
+
+    ``token_ranges`` (S, 2): the encoder tokens of each unit (:func:`unit_token_ranges`);
+    ``hidden_sum`` (S, H) float64: the sum of each unit's token hidden states. A unit that
+    starts inside a token shared with its predecessor owns no token; it takes that one
+    token's hidden state (the token containing its start), as every per-unit reduction does.
+    """
+
+    segments: list[Segment]
+    token_ranges: np.ndarray
+    hidden_sum: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.token_ranges.nbytes + self.hidden_sum.nbytes + 64 * len(self.segments)
+
+
+def borrowed_tokens(token_ranges: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(units, tokens)``: the units that own no token and the token each reads instead."""
+    starts = token_ranges[:, 0]
+    empty = np.nonzero(token_ranges[:, 1] == starts)[0]
+    return empty, (starts[empty] - 1).clip(0, n - 1)
+
+
+@dataclass
 class DocumentEncoding:
     """Token-level outputs of one document: what the cache keeps (independent of any query).
 
     ``input_ids`` (n,), ``offsets`` (n, 2) character offsets into ``text`` (the cleaned text),
-    ``hidden`` (n, H) last hidden states, ``sparse`` (n,) lexical weights or ``None``,
-    ``colbert`` (n, D) normalized multi-vectors or ``None``; ``windows``: the content-token
-    ranges encoded (one when the document fits the encoder); ``owner`` (n,) the window each
-    token's vectors come from.
+    ``sparse`` (n,) lexical weights or ``None``, ``colbert`` (n, D) normalized multi-vectors
+    or ``None``; ``units`` the sentences for the segmenter's ``max_chars`` with their hidden
+    state sums; ``windows``: the content-token ranges encoded (one when the document fits the
+    encoder); ``owner`` (n,) the window each token's vectors come from.
     """
 
     text: str
     char_map: np.ndarray | None
     input_ids: np.ndarray
     offsets: np.ndarray
-    hidden: np.ndarray
     sparse: np.ndarray | None
     colbert: np.ndarray | None
+    units: Units
+    max_chars: int
     windows: list[tuple[int, int]]
     owner: np.ndarray
     seconds: float
     fingerprint: str = ""
-    units: dict[int, Any] = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:
@@ -136,10 +166,9 @@ class DocumentEncoding:
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.input_ids, self.offsets, self.hidden, self.owner]
+        arrays = [self.input_ids, self.offsets, self.owner]
         arrays += [a for a in (self.sparse, self.colbert, self.char_map) if a is not None]
-        units = sum(u.nbytes for u in self.units.values())
-        return sum(a.nbytes for a in arrays) + units + 2 * len(self.text) + 256
+        return sum(a.nbytes for a in arrays) + self.units.nbytes + 2 * len(self.text) + 256
 
 
 @dataclass
@@ -208,13 +237,15 @@ def encode_document(
     overlap: int | None = None,
     window: int | None = None,
     max_tokens: int | None = None,
+    max_chars: int = DEFAULT_MAX_CHARS,
 ) -> DocumentEncoding:
     """Token-level outputs of a whole document (see the module docstring).
 
     ``window`` (content tokens per forward, default and upper bound: the encoder limit minus
     its special tokens) and ``overlap`` (default ``window // 4``) only matter for documents
-    longer than the window. Raises ``ValueError`` for empty or whitespace-only text and for
-    more than ``max_tokens`` tokens (checked before any forward).
+    longer than the window; ``max_chars`` bounds a unit of the segmenter. Raises
+    ``ValueError`` for empty or whitespace-only text and for more than ``max_tokens`` tokens
+    (checked before any forward).
     """
     started = time.perf_counter()
     cleaned, char_map = _clean_with_map(text)
@@ -240,7 +271,12 @@ def encode_document(
     windows = plan_windows(n, window, overlap)
     owner = window_owners(n, windows)
 
-    hidden_out = np.empty((n, encoder.hidden_size), dtype=np.float32)
+    segments = segment(cleaned, max_chars=max_chars)
+    token_ranges = unit_token_ranges(token_starts(offsets), segments, n)
+    counts = token_ranges[:, 1] - token_ranges[:, 0]
+    unit_of_token = torch.from_numpy(np.repeat(np.arange(len(segments)), counts))
+    borrowers, borrowed = borrowed_tokens(token_ranges, n)
+    hidden_sum = torch.zeros((len(segments), encoder.hidden_size), dtype=torch.float64)
     sparse_out = np.empty(n, dtype=np.float32) if encoder.has_sparse else None
     colbert_out = (
         np.empty((n, encoder.colbert_dim), dtype=np.float32) if encoder.has_colbert else None
@@ -261,7 +297,12 @@ def encode_document(
                     continue
                 h = hidden[row, torch.as_tensor(p + keep, device=hidden.device)]
                 sparse, colbert = head_outputs(encoder, h)
-                hidden_out[a + keep] = h.float().cpu().numpy()
+                mine = torch.from_numpy(a + keep)
+                h_cpu = h.double().cpu()
+                hidden_sum.index_add_(0, unit_of_token[mine], h_cpu)
+                lent = np.nonzero((borrowed >= a + keep[0]) & (borrowed <= a + keep[-1]))[0]
+                for u, t in zip(borrowers[lent], borrowed[lent], strict=True):
+                    hidden_sum[u] = h_cpu[t - a - keep[0]]
                 if sparse_out is not None and sparse is not None:
                     sparse_out[a + keep] = sparse.float().cpu().numpy()
                 if colbert_out is not None and colbert is not None:
@@ -273,9 +314,10 @@ def encode_document(
         char_map=char_map,
         input_ids=ids,
         offsets=offsets,
-        hidden=hidden_out,
         sparse=sparse_out,
         colbert=colbert_out,
+        units=Units(segments, token_ranges, hidden_sum.numpy()),
+        max_chars=max_chars,
         windows=windows,
         owner=owner,
         seconds=time.perf_counter() - started,

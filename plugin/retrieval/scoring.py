@@ -23,7 +23,8 @@ units ``s .. e-1``, i.e. every token whose start lies in them. Its components:
 * hybrid: ``sum(w * s) / sum(w)`` over the components available, weights (dense, sparse,
   colbert), default :data:`~.m3.DEFAULT_WEIGHTS`.
 
-Per unit first (maxima and sums over its tokens, :func:`reduce_units`), then over runs of
+Per unit first (maxima over its tokens, :func:`reduce_units`; the hidden-state sums come
+with the encoding, :class:`~.encoding.Units`), then over runs of
 units by sliding maxima/sums (:func:`score_spans`), so scoring every candidate costs little
 next to the query forward (``span_ranker.score_s`` in eval/results/bench_m3.json).
 """
@@ -36,8 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .encoding import DocumentEncoding, QueryEncoding, token_starts, unit_token_ranges
-from .segment import Segment, segment
+from .encoding import DocumentEncoding, QueryEncoding
 
 #: Longest run of sentences one span may cover when spans are built to a token target.
 MAX_SPAN_SENTENCES = 64
@@ -76,28 +76,6 @@ class UnitReducer:
             out[..., self.empty] = values[..., self.lookup[self.empty]]
         return out
 
-    def rows(self, values: np.ndarray, ufunc: np.ufunc, **kw: Any) -> np.ndarray:
-        """``values`` (n, ...) -> (S, ...); fast on C-contiguous rows (hidden states)."""
-        reduced = ufunc.reduceat(values, self.starts[self.full], axis=0, **kw)
-        out = np.empty((len(self.starts),) + values.shape[1:], dtype=reduced.dtype)
-        out[self.full] = reduced
-        if self.empty.any():
-            out[self.empty] = values[self.lookup[self.empty]]
-        return out
-
-
-@dataclass
-class Units:
-    """The query-independent part of a document's units, kept with its cached encoding."""
-
-    segments: list[Segment]
-    token_ranges: np.ndarray  # (S, 2) encoder-token range of each unit
-    hidden_sum: np.ndarray  # (S, H) float64 sums of hidden states
-
-    @property
-    def nbytes(self) -> int:
-        return self.token_ranges.nbytes + self.hidden_sum.nbytes + 64 * len(self.segments)
-
 
 @dataclass
 class SpanScores:
@@ -109,20 +87,9 @@ class SpanScores:
     colbert: np.ndarray | None
 
 
-def document_units(doc: DocumentEncoding, max_chars: int) -> Units:
-    """Units of a document for one segmenter setting (cached inside the encoding)."""
-    units = doc.units.get(max_chars)
-    if units is None:
-        segments = segment(doc.text, max_chars=max_chars)
-        token_ranges = unit_token_ranges(token_starts(doc.offsets), segments, doc.num_tokens)
-        reducer = UnitReducer(token_ranges, doc.num_tokens)
-        hidden_sum = reducer.rows(doc.hidden, np.add, dtype=np.float64)
-        units = Units(segments, token_ranges, hidden_sum)
-    return units
-
-
-def reduce_units(doc: DocumentEncoding, query: QueryEncoding, units: Units) -> UnitStats:
+def reduce_units(doc: DocumentEncoding, query: QueryEncoding) -> UnitStats:
     """Per-unit maxima of the query's multi-vector and lexical matches (see :class:`UnitStats`)."""
+    units = doc.units
     token_ranges = units.token_ranges
     reducer = UnitReducer(token_ranges, doc.num_tokens)
     starts, empty, lookup = reducer.starts, reducer.empty, reducer.lookup

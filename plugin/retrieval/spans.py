@@ -34,7 +34,6 @@ from .scoring import (
     SpanScores,
     UnitStats,
     candidate_spans,
-    document_units,
     reduce_units,
     score_spans,
 )
@@ -55,9 +54,12 @@ __all__ = [
     "SpanRanking",
 ]
 
-#: Default bound on a ranked document, in retriever tokens: its token arrays (hidden states +
-#: multi-vectors, float32) take about 8 KB per token for BGE-M3, so 1 GB at this bound.
-DEFAULT_MAX_DOCUMENT_TOKENS = 1 << 17
+#: Default bound on a ranked document, in retriever tokens: twice the plugin's default
+#: ceiling on a document in LLM tokens (``max_document_tokens``, 1,048,576), so any document
+#: the plugin takes can be ranked (English reads about 1.1 retriever tokens per LLM token).
+#: The encoding keeps about ``4 * colbert_dim + 32`` bytes a token (:mod:`.encoding`):
+#: 1.6 KB for the bundled e5-small, 4.1 KB for BGE-M3 (8.6 GB at this bound).
+DEFAULT_MAX_DOCUMENT_TOKENS = 1 << 21
 
 
 @dataclass
@@ -221,7 +223,7 @@ class SpanRanker:
             raise TypeError(f"document must be a str, got {type(document).__name__}")
         if not document.strip():
             raise ValueError("the document is empty or whitespace only: nothing to rank")
-        key = (content_hash(document), self.fingerprint, self.window, self.overlap)
+        key = (content_hash(document), self.fingerprint, self.window, self.overlap, self.max_chars)
 
         def compute() -> DocumentEncoding:
             enc = encode_document(
@@ -230,11 +232,9 @@ class SpanRanker:
                 overlap=self.overlap,
                 window=self.window,
                 max_tokens=self.max_document_tokens,
+                max_chars=self.max_chars,
             )
             enc.fingerprint = self.fingerprint
-            # The units (sentences, their token ranges and hidden-state sums) do not depend on
-            # the query: computed once and cached with the encoding.
-            enc.units[self.max_chars] = document_units(enc, self.max_chars)
             return enc
 
         return self.cache.get_or_compute(key, compute)
@@ -255,9 +255,8 @@ class SpanRanker:
         t1 = time.perf_counter()
         doc, cached = self.document_encoding(document)
         t2 = time.perf_counter()
-        units = document_units(doc, self.max_chars)
-        segments, token_ranges = units.segments, units.token_ranges
-        stats = reduce_units(doc, q, units)
+        segments, token_ranges = doc.units.segments, doc.units.token_ranges
+        stats = reduce_units(doc, q)
         if isinstance(span_sentences, int):
             span_sentences = (span_sentences,)
         if span_sentences is None and span_tokens is None:
