@@ -64,6 +64,14 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "(an over-long document keeps its head and tail).",
     ),
     (
+        "--landmark-retrieval-rounds",
+        "retrieval_rounds",
+        "positive_int",
+        "Most retrieval rounds one question may take (default 5): after the first, what the "
+        "best sentence names (a variable, a code, a name) is looked for in turn, so a chain of "
+        "facts lands in the plan; 1 turns this off.",
+    ),
+    (
         "--landmark-max-document-tokens",
         "max_document_tokens",
         "positive_int",

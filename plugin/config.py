@@ -14,6 +14,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeAlias
 
+#: Retrieval rounds a question may take by default: the first and up to four hops
+#: (retrieval/hops.py).
+DEFAULT_ROUNDS = 5
+
 #: Scaling factors an embedder may use: k document tokens become one soft token.
 ALLOWED_FACTORS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 
@@ -121,6 +125,8 @@ class LandmarkConfig:
         together (a request over either limit is refused with a 413 before any retrieval).
     max_document_chars: hard limit on one document's length in characters, checked before
         tokenizing so oversized input costs nothing.
+    retrieval_rounds: the most retrieval rounds one question may take (1: one round; more:
+        what the best sentence names is looked for in turn, retrieval/hops.py).
     file_store: folder where the Files API keeps uploaded files (text + metadata) so they
         survive a restart. None: files live in memory only.
     file_store_bytes: the most bytes of file text the Files API store holds (all keys).
@@ -140,6 +146,7 @@ class LandmarkConfig:
     max_request_document_tokens: int = 1 << 20
     max_document_chars: int = 8 << 20
     output_reserve: int = 256
+    retrieval_rounds: int = DEFAULT_ROUNDS
     file_store: str | None = None
     file_store_bytes: int = 256 << 20
     max_file_bytes: int = 16 << 20
@@ -165,7 +172,7 @@ class LandmarkConfig:
             )
         if self.budget is not None and self.budget < 1:
             raise LandmarkConfigError(f"budget={self.budget} must be a positive token count")
-        for name in ("max_request_documents", "max_request_document_tokens"):
+        for name in ("max_request_documents", "max_request_document_tokens", "retrieval_rounds"):
             if getattr(self, name) < 1:
                 raise LandmarkConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.max_document_tokens < 1:

@@ -15,7 +15,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from vllm_landmark.config import ALLOWED_FACTORS
+from vllm_landmark.config import ALLOWED_FACTORS, LandmarkConfig
 from vllm_landmark.planning import landmark_windows_plan
 from vllm_landmark.testing.documents import make_document
 from vllm_landmark.testing.server_process import ServerProcess
@@ -46,7 +46,11 @@ def _expected_plan(retriever: Path, document: str, question: str, tokenizer):
     from vllm_landmark.retrieval.spans import SpanRanker
 
     scores = SpanRanker(M3Encoder(retriever)).score_all_spans(
-        document, question, llm_tokenizer=tokenizer, lexical_fusion=True
+        document,
+        question,
+        llm_tokenizer=tokenizer,
+        lexical_fusion=True,
+        rounds=LandmarkConfig().retrieval_rounds,  # as the server scores
     )
     bounds = [(int(a), int(b)) for a, b in scores.llm_token_offsets.tolist() if b > a]
     values = [
@@ -157,6 +161,24 @@ def test_a_fresh_landmark_server_plans_with_the_bundled_retriever(
     assert (block["selection"], block["reason"]) == ("retriever", "window")
     assert block["factors"] == [1] and block["injected_tokens"] < block["raw_tokens"]
     assert default_server.landmark_metrics().get(retrievals, 0.0) == 1
+
+
+def test_a_chain_of_assignments_takes_one_retrieval_round_per_link(
+    default_server, tiny_model
+) -> None:
+    """The block says how many rounds ran: the first finds the quoted value's line, each
+    later one the line naming the variable the last one found (retrieval/hops.py)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    client = openai.OpenAI(base_url=default_server.base_url, api_key="unused", max_retries=0)
+    sentences = make_document(tokenizer, 900, seed=46).split(". ")
+    chain = ["Qzvkt = 41822", "Wmbrx = Qzvkt", "Hjdpl = Wmbrx"]
+    for place, link in zip((5, 30, 55), chain, strict=True):
+        sentences.insert(place, link)
+    document = ". ".join(sentences)
+    question = "Which variables are assigned the value 41822?"
+    block = _ask(client, str(tiny_model), [document], question).model_extra["landmark"]
+    assert block["documents"][0]["selection"] == "retriever"
+    assert block["documents"][0]["retrieval_rounds"] == len(chain)
 
 
 def test_a_request_over_the_document_ceilings_gets_a_413_naming_the_limit(

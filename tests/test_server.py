@@ -80,6 +80,7 @@ def test_file_part_at_k1_is_token_identical_to_pasted_text(client, model_name, t
                 "injected_tokens": raw,
                 "reason": "fits",
                 "selection": "whole",
+                "retrieval_rounds": 0,
             }
         ]
 
@@ -119,6 +120,7 @@ def test_document_four_times_the_window_is_served_at_the_budget(
             "injected_tokens": injected,
             "reason": "budget",
             "selection": "uniform",
+            "retrieval_rounds": 0,
         }
     ]
     # usage counts what the LLM attended to: the text plus the soft tokens.

@@ -148,7 +148,11 @@ class DocumentReader:
         try:
             ranker = get_span_ranker(self.config.retriever_folder())  # loads on first use
             landmarks = ranker.score_all_spans(
-                document.text, document.query, llm_tokenizer=self.tokenizer, lexical_fusion=True
+                document.text,
+                document.query,
+                llm_tokenizer=self.tokenizer,
+                lexical_fusion=True,
+                rounds=self.config.retrieval_rounds,
             )
         except Exception as exc:  # noqa: BLE001 - a retriever that fails must not fail the answer
             logger.warning("vllm-landmark: retrieval failed, planning by position: %s", exc)

@@ -111,6 +111,7 @@ class PlannedDocument:
     (given by the request). selection: "whole", "retriever" (question-ranked spans),
     "position" (head and tail first, middle out), "uniform" (one factor for everything) or
     "given". position: token index of the prompt (before expansion) where the document goes.
+    retrieval_rounds: the retriever's rounds behind a "retriever" selection (else 0).
     """
 
     token_ids: tuple[int, ...]
@@ -118,6 +119,7 @@ class PlannedDocument:
     reason: str
     selection: str
     position: int
+    retrieval_rounds: int = 0
 
     @cached_property
     def cache_key(self) -> str:
@@ -143,6 +145,7 @@ class PlannedDocument:
             "injected_tokens": self.plan.soft_tokens,
             "reason": self.reason,
             "selection": self.selection,
+            "retrieval_rounds": self.retrieval_rounds,
         }
 
 
@@ -304,7 +307,8 @@ def plan_prompt(
                 reason = "budget"
             else:
                 reason = "window"
+        rounds = document.scores.rounds if selection == "retriever" and document.scores else 0
         planned.append(
-            PlannedDocument(document.token_ids, plan, reason, selection, document.position)
+            PlannedDocument(document.token_ids, plan, reason, selection, document.position, rounds)
         )
     return planned

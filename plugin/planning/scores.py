@@ -18,27 +18,33 @@ POSITION_BLOCK = 64
 
 @dataclass(frozen=True)
 class ScoredSpans:
-    """Spans of a document (LLM token offsets `[start, end)`, in order) and a score each."""
+    """Spans of a document (LLM token offsets `[start, end)`, in order) and a score each;
+    `rounds`: the retrieval rounds that scored them (see `retrieval.hops`)."""
 
     bounds: tuple[tuple[int, int], ...]
     values: tuple[float, ...]
+    rounds: int = 1
 
     @classmethod
-    def from_ranges(cls, ranges: Sequence[Sequence[int]], values: Sequence[float]) -> ScoredSpans:
+    def from_ranges(
+        cls, ranges: Sequence[Sequence[int]], values: Sequence[float], rounds: int = 1
+    ) -> ScoredSpans:
         """Ranges with their scores, dropping the empty ones (they own no token)."""
         bounds, kept = [], []
         for (start, end), value in zip(ranges, values, strict=True):
             if end > start:
                 bounds.append((int(start), int(end)))
                 kept.append(float(value))
-        return cls(tuple(bounds), tuple(kept))
+        return cls(tuple(bounds), tuple(kept), rounds)
 
     @classmethod
     def from_landmarks(cls, landmarks: Any) -> ScoredSpans:
         """The retriever's sentence scores (`LandmarkScores` with LLM offsets) as spans."""
         if landmarks.llm_token_offsets is None:
             raise ValueError("the landmark scores have no LLM token offsets (no LLM tokenizer)")
-        return cls.from_ranges(landmarks.llm_token_offsets.tolist(), landmarks.score.tolist())
+        return cls.from_ranges(
+            landmarks.llm_token_offsets.tolist(), landmarks.score.tolist(), landmarks.rounds
+        )
 
 
 def position_scores(num_tokens: int) -> ScoredSpans:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import DEFAULT_ROUNDS
 from ..planning import PlanError, PlanSettings, ScoredSpans, paragraph_token_bounds, plan_document
 from .tokenizers import UpstreamTokenizer
 
@@ -104,7 +105,7 @@ def select_document(
     scores: ScoredSpans | None = None
     if query is not None and ranker is not None:
         landmarks = ranker.score_all_spans(
-            text, query, llm_tokenizer=tokenizer, lexical_fusion=True
+            text, query, llm_tokenizer=tokenizer, lexical_fusion=True, rounds=DEFAULT_ROUNDS
         )
         timings = dict(landmarks.timings)
         scores = ScoredSpans.from_landmarks(landmarks)

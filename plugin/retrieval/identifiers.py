@@ -61,17 +61,26 @@ def quoted_identifiers(question: str) -> list[str]:
 def identifier_unit_hits(
     document: str, unit_chars: np.ndarray, identifiers: Sequence[str]
 ) -> np.ndarray:
-    """(len(identifiers), S) bool: whether unit ``s`` (character range ``unit_chars[s]``)
-    holds an occurrence of each identifier, whole (not inside a longer word)."""
+    """(len(identifiers), S) bool: whether unit ``s`` (character range ``unit_chars[s]``, units
+    in document order) holds an occurrence of each identifier, whole (not inside a longer word).
+    """
     hits = np.zeros((len(identifiers), len(unit_chars)), dtype=bool)
     if not len(unit_chars):
         return hits
     starts, ends = unit_chars[:, 0], unit_chars[:, 1]
     for row, identifier in enumerate(identifiers):
         pattern = re.compile(r"(?<!\w)" + re.escape(identifier) + r"(?!\w)")
-        for match in pattern.finditer(document):
-            a, b = match.span()
-            hits[row, (starts < b) & (ends > a)] = True  # units the occurrence overlaps
+        found = np.asarray([m.span() for m in pattern.finditer(document)], dtype=np.int64)
+        if not len(found):
+            continue
+        # The units an occurrence [a, b) overlaps: from the first ending after a to the last
+        # starting before b.
+        first = np.searchsorted(ends, found[:, 0], side="right")
+        last = np.searchsorted(starts, found[:, 1], side="left")
+        single = last - first == 1
+        hits[row, first[single]] = True
+        for lo, hi in zip(first[~single].tolist(), last[~single].tolist(), strict=True):
+            hits[row, lo:hi] = True
     return hits
 
 

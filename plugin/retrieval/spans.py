@@ -25,6 +25,7 @@ from .encoding import (
     llm_token_offsets,
     plan_windows,
 )
+from .hops import Hop, chain_first, next_hop
 from .identifiers import identifier_unit_counts
 from .lexical import bm25_span_scores, reciprocal_rank_fusion
 from .m3 import M3Encoder
@@ -99,7 +100,8 @@ class LandmarkScores:
     ``sentence_score`` / ``dense`` / ``sparse`` / ``colbert``: the unit scored alone.
     ``char_offsets`` (S, 2) index the document as given; ``token_offsets`` (S, 2) encoder
     tokens; ``llm_token_offsets`` (S, 2) LLM tokens (``None`` without a tokenizer): ranges that
-    tile ``[0, n)``. ``cached``: the document encoding came from the cache.
+    tile ``[0, n)``. ``cached``: the document encoding came from the cache. ``rounds``: the
+    retrieval rounds that ran (:mod:`.hops`), ``hops`` what the rounds after the first found.
     """
 
     segments: list[Segment]
@@ -116,6 +118,8 @@ class LandmarkScores:
     windows: list[tuple[int, int]]
     cached: bool
     timings: dict[str, float] = field(default_factory=dict)
+    rounds: int = 1
+    hops: list[Hop] = field(default_factory=list)
 
 
 @dataclass
@@ -250,11 +254,32 @@ class SpanRanker:
     ) -> _ScoredDocument:
         """Encode (or fetch) the document, encode the query, score every candidate span."""
         t0 = time.perf_counter()
+        doc, cached = self.document_encoding(document)
+        document_s = time.perf_counter() - t0
+        scored = self._score_encoded(doc, cached, query, span_sentences, span_tokens, weights)
+        scored.timings["document_s"] = document_s
+        t3 = time.perf_counter()
+        if llm_tokenizer is not None:
+            scored.llm_ranges, scored.llm_num_tokens = llm_token_offsets(
+                llm_tokenizer, doc.text, scored.segments
+            )
+        scored.timings["llm_offsets_s"] = time.perf_counter() - t3
+        return scored
+
+    def _score_encoded(
+        self,
+        doc: DocumentEncoding,
+        cached: bool,
+        query: str,
+        span_sentences: Sequence[int] | int | None,
+        span_tokens: int | None,
+        weights: Sequence[float] | None,
+    ) -> _ScoredDocument:
+        """Score every candidate span of an encoded document for one query (no LLM offsets)."""
+        t0 = time.perf_counter()
         w = self.weights if weights is None else check_weights(weights)
         q = encode_query(self.encoder, query)
         t1 = time.perf_counter()
-        doc, cached = self.document_encoding(document)
-        t2 = time.perf_counter()
         segments, token_ranges = doc.units.segments, doc.units.token_ranges
         stats = reduce_units(doc, q)
         if isinstance(span_sentences, int):
@@ -264,19 +289,16 @@ class SpanRanker:
         counts = token_ranges[:, 1] - token_ranges[:, 0]
         spans = candidate_spans(counts, span_sentences, span_tokens)
         scores = score_spans(stats, q, spans, w)
-        t3 = time.perf_counter()
-        llm_ranges = llm_n = None
-        if llm_tokenizer is not None:
-            llm_ranges, llm_n = llm_token_offsets(llm_tokenizer, doc.text, segments)
+        t2 = time.perf_counter()
         chars = np.asarray([(s.start, s.end) for s in segments], dtype=np.int64)
         if doc.char_map is not None:
             chars = doc.char_map[chars]
         timings = {
             "query_s": t1 - t0,
-            "document_s": t2 - t1,
+            "document_s": 0.0,
             "document_encode_s": 0.0 if cached else doc.seconds,
-            "score_s": t3 - t2,
-            "llm_offsets_s": time.perf_counter() - t3,
+            "score_s": t2 - t1,
+            "llm_offsets_s": 0.0,
         }
         return _ScoredDocument(
             doc=doc,
@@ -289,8 +311,8 @@ class SpanRanker:
             scores=scores,
             weights=w,
             chars=chars,
-            llm_ranges=llm_ranges,
-            llm_num_tokens=llm_n,
+            llm_ranges=None,
+            llm_num_tokens=None,
             timings=timings,
         )
 
@@ -350,6 +372,7 @@ class SpanRanker:
         llm_tokenizer: Any = None,
         lexical_fusion: bool = False,
         exact_identifiers: bool = True,
+        rounds: int = 1,
     ) -> LandmarkScores:
         """Per-unit scores in document order (see :class:`LandmarkScores`), for the planner.
 
@@ -357,22 +380,34 @@ class SpanRanker:
         score and their BM25 score over the document's sentences (:mod:`.lexical`); with
         ``exact_identifiers``, a sentence that holds an identifier the question quotes (a UUID, a
         code, a path: :mod:`.identifiers`), whole and verbatim, then outranks every sentence
-        that holds fewer of them (the fused score, below 1, breaks ties).
+        that holds fewer of them (the fused score, below 1, breaks ties). ``rounds`` > 1 follows
+        what the best sentence names for up to ``rounds - 1`` more rounds (:mod:`.hops`), on
+        the same encoding; the sentences found come first, in the order found.
         """
+        if rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds}")
         r = self._score(document, query, span_sentences, span_tokens, weights, llm_tokenizer)
-        spans, hybrid = r.spans, r.scores.hybrid
-        if lexical_fusion:
-            lexical = bm25_span_scores(r.doc.input_ids, r.token_ranges, spans, r.query.content_ids)
-            hybrid = reciprocal_rank_fusion(hybrid, lexical)
+        best = self._unit_scores(r, document, query, lexical_fusion, exact_identifiers)
+        chain = [int(np.argmax(best))] if len(best) else []
+        hops: list[Hop] = []
+        started = time.perf_counter()
+        while len(chain) < rounds:
+
+            def score_for(expanded: str) -> np.ndarray:
+                more = self._score_encoded(
+                    r.doc, True, expanded, span_sentences, span_tokens, weights
+                )
+                return self._unit_scores(more, document, expanded, lexical_fusion, False)
+
+            hop = next_hop(document, r.chars, chain, query, score_for)
+            if hop is None:
+                break
+            hops.append(hop)
+            chain.append(hop.unit)
+        if rounds > 1:
+            r.timings["hops_s"] = time.perf_counter() - started
+            best = chain_first(best, chain)
         n_units = len(r.segments)
-        # Best containing span per unit: spans sorted by score, painted best last.
-        best = np.full(n_units, -np.inf)
-        for w in np.unique(spans[:, 1] - spans[:, 0]):
-            pick = np.nonzero(spans[:, 1] - spans[:, 0] == w)[0]
-            for offset in range(int(w)):
-                np.maximum.at(best, spans[pick, 0] + offset, hybrid[pick])
-        if lexical_fusion and exact_identifiers:  # fused scores are below 1: a hit outranks
-            best = best + identifier_unit_counts(document, r.chars, query)
         single = np.stack([np.arange(n_units), np.arange(n_units) + 1], axis=1)
         alone = score_spans(r.stats, r.query, single, r.weights)
         return LandmarkScores(
@@ -390,4 +425,29 @@ class SpanRanker:
             windows=list(r.doc.windows),
             cached=r.cached,
             timings=r.timings,
+            rounds=1 + len(hops),
+            hops=hops,
         )
+
+    @staticmethod
+    def _unit_scores(
+        r: _ScoredDocument,
+        document: str,
+        query: str,
+        lexical_fusion: bool,
+        exact_identifiers: bool,
+    ) -> np.ndarray:
+        """Each unit's best containing span score (fused, identifier hits on top)."""
+        spans, hybrid = r.spans, r.scores.hybrid
+        if lexical_fusion:
+            lexical = bm25_span_scores(r.doc.input_ids, r.token_ranges, spans, r.query.content_ids)
+            hybrid = reciprocal_rank_fusion(hybrid, lexical)
+        # Best containing span per unit: spans sorted by score, painted best last.
+        best = np.full(len(r.segments), -np.inf)
+        for w in np.unique(spans[:, 1] - spans[:, 0]):
+            pick = np.nonzero(spans[:, 1] - spans[:, 0] == w)[0]
+            for offset in range(int(w)):
+                np.maximum.at(best, spans[pick, 0] + offset, hybrid[pick])
+        if lexical_fusion and exact_identifiers:  # fused scores are below 1: a hit outranks
+            best = best + identifier_unit_counts(document, r.chars, query)
+        return best
