@@ -1,0 +1,1 @@
+"""Synthetic long-context tasks over real text, built at run time (see ``generate``)."""
