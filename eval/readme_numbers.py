@@ -9,7 +9,7 @@ the README holds anything else there. So every number the README states is one a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +280,73 @@ def _long_retrieval_row(results: Path) -> list[str]:
     ]
 
 
+def _long_answer_row(results: Path) -> list[str]:
+    bench = _read(results, "bench_long_answer.json")
+    return [
+        "Long documents answered end to end by the offline engine (SmolLM2, default retriever, "
+        "budget 1,024, 8K window): seconds of the call, peak memory of the whole process",
+        "; ".join(
+            f"{r['llm_tokens']:,} tokens: {r['seconds']:.0f} s, {r['peak_rss_mib'] / 1024:.1f} GiB"
+            for r in bench["rows"]
+        )
+        + f"; {_load(bench)}",
+        "`bench_long_answer.json`",
+    ]
+
+
+def _cell(entry: dict[str, Any], key: str) -> str:
+    """A long-task score in points (0-100); a difference with its interval."""
+    c = entry[key]
+    if key.startswith("plan-"):
+        return f"{100 * c['mean']:+.0f} [{100 * c['low']:.0f}, {100 * c['high']:.0f}]"
+    return f"{100 * c['mean']:.0f}"
+
+
+def _longtasks_rows(results: Path) -> list[list[str]]:
+    from eval.report import longtasks_runs
+
+    runs = [data for _, data in longtasks_runs(results) if data["split"] == "test"]
+    if not runs:
+        return []
+    files = ", ".join(f"`{name}`" for name, d in longtasks_runs(results) if d["split"] == "test")
+    by: dict[tuple[str, int], dict[str, Any]] = {
+        (e["family"], e["length"]): e for data in runs for e in data["table"]
+    }
+    lengths = sorted({length for _, length in by})
+    families = ("needle", "multikey", "multivalue", "identifier", "chain", "frequent")
+
+    def per_length(family: str, key: str, low: int = 0) -> str | None:
+        cells = [
+            f"{_k(n)} {_cell(by[(family, n)], key)}"
+            for n in lengths
+            if (family, n) in by and n >= low and key in by[(family, n)]
+        ]
+        return f"{family}: " + ", ".join(cells) if cells else None
+
+    def joined(key: str, names: Sequence[str], low: int = 0) -> str:
+        return "; ".join(c for c in (per_length(f, key, low) for f in names) if c)
+
+    items = sum(e["items"] for (f, _), e in by.items() if f != "chain-3plus")
+    intro = (
+        "Long-context tasks from the installed manual pages (`eval.longtasks`, test split, "
+        f"{items} items, budget 1,024): "
+    )
+    rows = [
+        [intro + "share of the evidence the server's plan keeps whole, 0-100"],
+        ["The same, the plan minus middle truncation (16K and longer), paired 95% interval"],
+        [
+            "The same, variable chains of 3-5 hops: the plan (retrieval in rounds) minus the "
+            "plan with one round"
+        ],
+    ]
+    results_of = [
+        joined("plan", families),
+        joined("plan-truncate", families, 16384),
+        joined("plan-plan-1", ["chain-3plus"]),
+    ]
+    return [[*row, text, files] for row, text in zip(rows, results_of, strict=True) if text]
+
+
 def _gpu_row(results: Path) -> list[str]:
     bench = _read(results, "bench_32k_h200.json")
     bf16 = next(s for s in bench["summary"] if s["dtype"] == "bfloat16")
@@ -306,6 +373,7 @@ def measured(results: Path) -> str:
         *_retriever_rows(results),
         *_default_rows(results),
         _long_retrieval_row(results),
+        *_longtasks_rows(results),
         _gpu_row(results),
     ]
     lines = ["| measured | result | `eval/results/` |", "|---|---|---|"]

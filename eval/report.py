@@ -464,11 +464,73 @@ def long_retrieval_section(results: Path) -> str | None:
     return _result_section(
         "The retriever's pass over long documents (`bench_long_retrieval.json`)",
         f"`python -m eval.benchmarks.bench_long_retrieval`: {data['method']}; "
-        f"{data['retriever']}. A document over 131,072 retriever tokens is over the "
-        "retriever's limit today (the plan then falls back to head and tail).",
+        f"{data['retriever']}. The retriever's ceiling is 2,097,152 retriever tokens.",
         data,
         _table(head, rows),
+        notes(results, "bench_long_retrieval"),
     )
+
+
+def long_answer_section(results: Path) -> str | None:
+    """Markdown for ``bench_long_answer.json``: long documents answered end to end."""
+    data = _load(results, "bench_long_answer.json")
+    if data is None:
+        return None
+    rows = [
+        [
+            f"{r['llm_tokens']:,}",
+            f"{r['prompt_tokens']:,}",
+            f"{r['seconds']:.1f}",
+            f"{r['seconds_per_1k_llm_tokens']:.2f}",
+            f"{r['peak_rss_mib']:.0f}",
+            r["answer"].replace("|", "/").replace("\n", " "),
+        ]
+        for r in data["rows"]
+    ]
+    head = ["document LLM tokens", "prompt tokens", "s", "s per 1K", "peak MiB", "answer"]
+    return _result_section(
+        "Long documents answered end to end (`bench_long_answer.json`)",
+        f"`python -m eval.benchmarks.bench_long_retrieval --answer`: {data['method']}. "
+        f"Question: {data['question']}",
+        data,
+        _table(head, rows),
+        notes(results, "bench_long_answer"),
+    )
+
+
+def longtasks_runs(results: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The long-context task runs (``longtasks_<split>_<length>.json``), shortest first."""
+    runs = [(p.name, json.loads(p.read_text())) for p in results.glob("longtasks_*.json")]
+    return sorted(runs, key=lambda run: (run[1]["split"], run[1]["table"][0]["length"]))
+
+
+def longtasks_section(results: Path) -> str | None:
+    """Markdown for the ``eval.longtasks`` runs: what each arm keeps of the evidence."""
+    from eval.longtasks.run import markdown
+
+    runs = longtasks_runs(results)
+    if not runs:
+        return None
+    parts = []
+    for name, data in runs:
+        parts.append(
+            _result_section(
+                f"Long-context tasks, {data['split']} split, "
+                f"{_k_tokens(data['table'][0]['length'])} (`{name}`)",
+                "`python -m eval.longtasks.run`: " + data["method"] + f"; budget "
+                f"{data['budget']:,} LLM tokens, {data['rounds']} retrieval rounds for `plan`. "
+                "Scores 0-100 (share of the evidence kept whole; `frequent`: share of the top "
+                "3 keywords in place), mean [95% bootstrap interval]; differences paired.",
+                data,
+                markdown(data),
+            )
+        )
+    parts.append(notes(results, "longtasks"))
+    return "\n".join(parts)
+
+
+def _k_tokens(n: int) -> str:
+    return f"{n // 1024}K tokens"
 
 
 def m3_section(results: Path) -> str | None:
@@ -1110,6 +1172,8 @@ def build(results: Path) -> str:
         identifier_section(results),
         default_retriever_section(results),
         long_retrieval_section(results),
+        long_answer_section(results),
+        longtasks_section(results),
         retriever_speed_section(results),
         m3_section(results),
         attention_section(results),
