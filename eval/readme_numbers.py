@@ -373,6 +373,7 @@ def measured(results: Path) -> str:
         *_retriever_rows(results),
         *_default_rows(results),
         _long_retrieval_row(results),
+        _long_answer_row(results),
         *_longtasks_rows(results),
         _gpu_row(results),
     ]
