@@ -501,6 +501,7 @@ def long_answer_section(results: Path) -> str | None:
 def longtasks_runs(results: Path) -> list[tuple[str, dict[str, Any]]]:
     """The long-context task runs (``longtasks_<split>_<length>.json``), shortest first."""
     runs = [(p.name, json.loads(p.read_text())) for p in results.glob("longtasks_*.json")]
+    runs = [(name, data) for name, data in runs if "rounds" in data]  # not the answer runs
     return sorted(runs, key=lambda run: (run[1]["split"], run[1]["table"][0]["length"]))
 
 
@@ -526,7 +527,34 @@ def longtasks_section(results: Path) -> str | None:
             )
         )
     parts.append(notes(results, "longtasks"))
+    answers = _load(results, "longtasks_answers_test.json")
+    if answers is not None:
+        rows = [
+            [
+                e["family"], e["length"], e["items"], _points(e.get("plan")),
+                _points(e.get("truncate")), _points(e.get("whole")), e.get("plan_look_alike", "-"),
+                e.get("truncate_look_alike", "-"), _points(e["plan-truncate"]),
+            ]
+            for e in answers["table"]
+        ]  # fmt: skip
+        head = ["family", "length", "items", "plan", "truncate", "whole", "plan look-alike",
+                "truncate look-alike", "plan - truncate"]  # fmt: skip
+        parts.append(
+            _result_section(
+                "Long-task answers, test split (`longtasks_answers_test.json`)",
+                "`python -m eval.longtasks.answer`: " + answers["method"] + ".",
+                answers,
+                _table(head, rows),
+            )
+        )
     return "\n".join(parts)
+
+
+def _points(cell: dict[str, Any] | None) -> str:
+    """A 0-1 score with its interval, in points."""
+    if cell is None:
+        return "-"
+    return f"{100 * cell['mean']:.0f} [{100 * cell['low']:.0f}, {100 * cell['high']:.0f}]"
 
 
 def _k_tokens(n: int) -> str:
