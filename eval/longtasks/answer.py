@@ -1,10 +1,10 @@
 """The LLM's answers to long-task questions: the server's plan vs truncation vs the whole text.
 
 Where :mod:`eval.longtasks.run` scores what each arm keeps, this asks the LLM (SmolLM2-135M-
-Instruct through the offline engine with the plugin, greedy, budget 1,024, an 8K window) and
-scores its answer: the share of the gold answers it contains (case-insensitive). For
-``identifier`` and ``multikey`` items it also counts answers that hold another key's value
-instead (a look-alike line read in place of the asked one).
+Instruct through the offline engine with the plugin, greedy, 96 answer tokens by default,
+budget 1,024, an 8K window) and scores its answer: the share of the gold answers it contains
+(case-insensitive). For ``identifier`` and ``multikey`` items it also counts answers that
+hold another key's value instead (a look-alike line read in place of the asked one).
 
 ===========  ==========================================================================
 arm          the prompt
@@ -37,7 +37,7 @@ from eval.provenance import provenance, write_result
 from eval.suite.stats import mean_interval, paired_difference
 
 ARMS = ("plan", "truncate", "whole")
-BUDGET, WINDOW, MAX_TOKENS = 1024, 8192, 32
+BUDGET, WINDOW = 1024, 8192
 _VALUE_LINE = re.compile(r"(?:The value for \S+ is (\S+?)\.|magic number for \S+ is (\d+)\.)")
 
 
@@ -67,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lengths", required=True, help="comma-separated target lengths")
     parser.add_argument("--families", default="needle,multikey,identifier")
     parser.add_argument("--limit", type=int, default=10, help="items per family and length")
+    parser.add_argument(
+        "--max-tokens", type=int, default=96, help="answer length (a UUID is ~25 tokens)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -100,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **engine_kwargs(LandmarkConfig(budget=BUDGET)),
     )
     tokenizer = llm.get_tokenizer()
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
 
     def ask(content: list[dict[str, Any]]) -> str:
         output = llm.chat([{"role": "user", "content": content}], params, use_tqdm=False)
@@ -115,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         answers["plan"] = ask([part, text_part])
         truncated, _, _ = middle_truncate(document, tokenizer, BUDGET)
         answers["truncate"] = ask([{"type": "text", "text": truncated}, text_part])
-        fits = item["llm_tokens"] + 256 + MAX_TOKENS <= WINDOW
+        fits = item["llm_tokens"] + 256 + args.max_tokens <= WINDOW
         answers["whole"] = ask([{"type": "text", "text": document}, text_part]) if fits else None
         records.append(
             {
@@ -151,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         header = provenance("eval.longtasks.answer", argv, config=vars(args), embedder=None)
         result = {
             "method": "SmolLM2-135M-Instruct answers (offline engine with the plugin, greedy, "
-            f"{MAX_TOKENS} tokens, budget {BUDGET:,}, window {WINDOW:,}); score: share of the "
+            f"{args.max_tokens} tokens, budget {BUDGET:,}, window {WINDOW:,}); score: share of the "
             "gold answers the answer holds; look_alike: answers holding another key's value",
             "split": args.split,
             "table": table,
