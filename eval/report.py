@@ -524,9 +524,9 @@ def longtasks_section(results: Path) -> str | None:
                 "3 keywords in place), mean [95% bootstrap interval]; differences paired.",
                 data,
                 markdown(data),
+                notes(results, name.removesuffix(".json")),
             )
         )
-    parts.append(notes(results, "longtasks"))
     answers = _load(results, "longtasks_answers_test.json")
     if answers is not None:
         rows = [
