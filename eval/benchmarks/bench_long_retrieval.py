@@ -25,7 +25,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from eval.provenance import provenance, write_result
 
@@ -48,6 +50,26 @@ def build_document(tokenizer, length: int, seed: int) -> str:
     return "\n\n".join(pieces)
 
 
+def timed(
+    length: int, llm_tokens: int, run: Callable[[], Any], before_key: str
+) -> tuple[Any, dict]:
+    """``run()``'s result and the row fields every child reports: seconds (and per 1K LLM
+    tokens), the process's peak memory after it, and before it under ``before_key``."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    out = run()
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return out, {
+        "length": length,
+        "llm_tokens": llm_tokens,
+        "seconds": seconds,
+        "seconds_per_1k_llm_tokens": 1000 * seconds / llm_tokens,
+        "peak_rss_mib": peak / 1024,
+        before_key: before / 1024,
+    }
+
+
 def measure(length: int, seed: int) -> dict:
     """One length in this process: build, score, report (run in a child process)."""
     from transformers import AutoTokenizer
@@ -66,24 +88,18 @@ def measure(length: int, seed: int) -> dict:
             str(prepare_default_retriever()), device=device, quantize=quantize, backend=backend
         )
     )
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started = time.perf_counter()
-    scores = ranker.score_all_spans(
-        document, QUESTION, llm_tokenizer=tokenizer, lexical_fusion=True
+    scores, row = timed(
+        length,
+        llm_tokens,
+        lambda: ranker.score_all_spans(
+            document, QUESTION, llm_tokenizer=tokenizer, lexical_fusion=True
+        ),
+        "peak_rss_before_scoring_mib",
     )
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        "length": length,
-        "llm_tokens": llm_tokens,
-        "retriever_tokens": int(scores.num_tokens),
-        "sentences": len(scores.segments),
-        "seconds": seconds,
-        "seconds_per_1k_llm_tokens": 1000 * seconds / llm_tokens,
-        "peak_rss_mib": peak / 1024,
-        "peak_rss_before_scoring_mib": before / 1024,
-        "backend": backend,
-    }
+    row.update(
+        retriever_tokens=int(scores.num_tokens), sentences=len(scores.segments), backend=backend
+    )
+    return row
 
 
 def answer(length: int, seed: int) -> dict:
@@ -108,7 +124,6 @@ def answer(length: int, seed: int) -> dict:
     tokenizer = llm.get_tokenizer()
     document = build_document(tokenizer, length, seed)
     llm_tokens = len(tokenizer.encode(document, add_special_tokens=False))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     messages = [
         {
             "role": "user",
@@ -118,20 +133,14 @@ def answer(length: int, seed: int) -> dict:
             ],
         }
     ]
-    started = time.perf_counter()
-    output = llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=24))[0]
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        "length": length,
-        "llm_tokens": llm_tokens,
-        "prompt_tokens": len(output.prompt_token_ids),
-        "seconds": seconds,
-        "seconds_per_1k_llm_tokens": 1000 * seconds / llm_tokens,
-        "peak_rss_mib": peak / 1024,
-        "peak_rss_before_answer_mib": before / 1024,
-        "answer": output.outputs[0].text.strip(),
-    }
+    params = SamplingParams(temperature=0.0, max_tokens=24)
+    outputs, row = timed(
+        length, llm_tokens, lambda: llm.chat(messages, params), "peak_rss_before_answer_mib"
+    )
+    row.update(
+        prompt_tokens=len(outputs[0].prompt_token_ids), answer=outputs[0].outputs[0].text.strip()
+    )
+    return row
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import argparse
 import json
 import os
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from eval.longbench.prompts import middle_truncate
+from eval.longtasks.run import select_items
 from eval.provenance import provenance, write_result
 from eval.suite.stats import mean_interval, paired_difference
 
@@ -82,18 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lengths = {int(x) for x in args.lengths.split(",")}
     families = set(args.families.split(","))
-    items, taken = [], Counter()
-    for line in args.items.read_text().splitlines():
-        item = json.loads(line)
-        key = (item["family"], item["length"])
-        if item["split"] != args.split or item["length"] not in lengths:
-            continue
-        if item["family"] not in families or taken[key] >= args.limit:
-            continue
-        taken[key] += 1
-        items.append(item)
-    if not items:
-        raise SystemExit(f"no {args.split} items in {args.items} for these filters")
+    items = select_items(args.items, args.split, lengths, families, args.limit)
 
     llm = LLM(
         model=str(prepare_default_llm()),

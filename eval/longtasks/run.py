@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from eval.longbench.retrieval import M3SpanRetriever, select_spans
 from eval.provenance import provenance, write_result
-from eval.suite.arms import Bm25Retriever
+from eval.suite.arms import Bm25Retriever, plugin_token_offsets
 from eval.suite.stats import mean_interval, paired_difference
 
 ARMS = ("truncate", "spread", "bm25", "m3", "plan-1", "plan", "whole")
@@ -103,27 +103,12 @@ class Arms:
         self.bm25 = Bm25Retriever()
         self.settings = PlanSettings()  # windows only: k=1, no compression
 
-    def offsets(self, document: str) -> list[tuple[int, int]]:
-        """LLM token character offsets, tokenized as the plugin tokenizes a document."""
-        from vllm_landmark.document.tokens import encode_document
-
-        ids = list(encode_document(self.tokenizer, document))
-        enc = self.tokenizer(
-            document,
-            add_special_tokens=False,
-            return_offsets_mapping=True,
-            split_special_tokens=True,
-        )
-        if list(enc["input_ids"]) != ids:
-            raise ValueError("offset tokenization differs from the plugin's")
-        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
-
     def kept(self, item: dict[str, Any]) -> tuple[dict[str, Ranges | None], dict[str, Any]]:
         """Each arm's kept ranges (None: the arm does not apply) and what the plans did."""
         from vllm_landmark.planning import ScoredSpans, plan_document
 
         document, question = item["document"], item["question"]
-        offsets = self.offsets(document)
+        _, offsets = plugin_token_offsets(self.tokenizer, document, item["id"])
         n, half = len(offsets), self.budget // 2
         out: dict[str, Ranges | None] = {}
         out["truncate"] = [(0, offsets[half - 1][1]), (offsets[n - half][0], len(document))]
@@ -204,6 +189,32 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def select_items(
+    path: Path,
+    split: str,
+    lengths: set[int] | None,
+    families: set[str] | None,
+    limit: int | None,
+) -> list[dict[str, Any]]:
+    """The items of one split, of these lengths and families, at most ``limit`` per family and
+    length (None: no filter), in file order."""
+    items, taken = [], Counter()
+    for line in path.read_text().splitlines():
+        item = json.loads(line)
+        key = (item["family"], item["length"])
+        if item["split"] != split or (lengths and item["length"] not in lengths):
+            continue
+        if (families and item["family"] not in families) or (
+            limit is not None and taken[key] >= limit
+        ):
+            continue
+        taken[key] += 1
+        items.append(item)
+    if not items:
+        raise SystemExit(f"no {split} items in {path} for these filters")
+    return items
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=Path, required=True)
@@ -224,20 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = args.rounds or LandmarkConfig().retrieval_rounds
     lengths = {int(x) for x in args.lengths.split(",")} if args.lengths else None
     families = set(args.families.split(",")) if args.families else None
-    items, taken = [], Counter()
-    for line in args.items.read_text().splitlines():
-        item = json.loads(line)
-        key = (item["family"], item["length"])
-        if item["split"] != args.split or (lengths and item["length"] not in lengths):
-            continue
-        if (families and item["family"] not in families) or (
-            args.limit is not None and taken[key] >= args.limit
-        ):
-            continue
-        taken[key] += 1
-        items.append(item)
-    if not items:
-        raise SystemExit(f"no {args.split} items in {args.items} for these filters")
+    items = select_items(args.items, args.split, lengths, families, args.limit)
     arms = Arms(AutoTokenizer.from_pretrained(prepare_default_llm()), args.budget, rounds)
     records = []
     for item in tqdm(items, desc=f"longtasks {args.split}", unit="item"):

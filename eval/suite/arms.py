@@ -118,19 +118,28 @@ def token_range(starts: Sequence[int], ends: Sequence[int], low: int, high: int)
     return first, last + 1
 
 
-def document_view(item: dict[str, Any], tokenizer: Any, ranker: Any) -> DocumentView:
-    """Tokens (as the plugin tokenizes the document), paragraphs and M3 sentence scores."""
+def plugin_token_offsets(
+    tokenizer: Any, text: str, name: str
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """A document's LLM tokens as the plugin tokenizes it, with each token's character range
+    (ValueError naming ``name`` if the offset tokenization differs from the plugin's)."""
     from vllm_landmark.document.tokens import encode_document
 
-    context = item["context"]
-    ids = list(encode_document(tokenizer, context))
+    ids = list(encode_document(tokenizer, text))
     enc = tokenizer(
-        context, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+        text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
     )
     if list(enc["input_ids"]) != ids:
-        raise ValueError(f"{item['id']}: offset tokenization differs from the plugin's")
-    starts = [int(a) for a, _ in enc["offset_mapping"]]
-    ends = [int(b) for _, b in enc["offset_mapping"]]
+        raise ValueError(f"{name}: offset tokenization differs from the plugin's")
+    return ids, [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
+
+def document_view(item: dict[str, Any], tokenizer: Any, ranker: Any) -> DocumentView:
+    """Tokens (as the plugin tokenizes the document), paragraphs and M3 sentence scores."""
+    context = item["context"]
+    ids, offsets = plugin_token_offsets(tokenizer, context, item["id"])
+    starts = [a for a, _ in offsets]
+    ends = [b for _, b in offsets]
     scored = ranker.score_all_spans(context, item["question"], llm_tokenizer=tokenizer)
     fused = ranker.score_all_spans(
         context, item["question"], llm_tokenizer=tokenizer, lexical_fusion=True

@@ -115,9 +115,8 @@ class Units:
     """A document's units (sentences) and their query-independent reductions.
 
     ``token_ranges`` (S, 2): the encoder tokens of each unit (:func:`unit_token_ranges`);
-    ``hidden_sum`` (S, H) float64: the sum of each unit's token hidden states. A unit that
-    starts inside a token shared with its predecessor owns no token; it takes that one
-    token's hidden state (the token containing its start), as every per-unit reduction does.
+    ``hidden_sum`` (S, H) float64: the sum of each unit's token hidden states (a unit that
+    owns no token takes the token holding its start, as :class:`UnitReducer` reduces).
     """
 
     segments: list[Segment]
@@ -129,11 +128,27 @@ class Units:
         return self.token_ranges.nbytes + self.hidden_sum.nbytes + 64 * len(self.segments)
 
 
-def borrowed_tokens(token_ranges: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(units, tokens)``: the units that own no token and the token each reads instead."""
-    starts = token_ranges[:, 0]
-    empty = np.nonzero(token_ranges[:, 1] == starts)[0]
-    return empty, (starts[empty] - 1).clip(0, n - 1)
+class UnitReducer:
+    """Reduces arrays over each unit's tokens.
+
+    A unit that starts inside a token shared with its predecessor owns no token: it is
+    reduced to that token (the one containing its start). The other units tile ``[0, n)``.
+    """
+
+    def __init__(self, token_ranges: np.ndarray, n: int) -> None:
+        self.starts = token_ranges[:, 0]
+        self.empty = token_ranges[:, 1] == self.starts
+        self.full = np.nonzero(~self.empty)[0]
+        self.lookup = np.where(self.empty, self.starts - 1, self.starts).clip(0, n - 1)
+
+    def last_axis(self, values: np.ndarray, ufunc: np.ufunc, **kw: Any) -> np.ndarray:
+        """``values`` (..., n) -> (..., S)."""
+        reduced = ufunc.reduceat(values, self.starts[self.full], axis=-1, **kw)
+        out = np.empty(values.shape[:-1] + (len(self.starts),), dtype=reduced.dtype)
+        out[..., self.full] = reduced
+        if self.empty.any():
+            out[..., self.empty] = values[..., self.lookup[self.empty]]
+        return out
 
 
 @dataclass
@@ -154,7 +169,6 @@ class DocumentEncoding:
     sparse: np.ndarray | None
     colbert: np.ndarray | None
     units: Units
-    max_chars: int
     windows: list[tuple[int, int]]
     owner: np.ndarray
     seconds: float
@@ -275,7 +289,9 @@ def encode_document(
     token_ranges = unit_token_ranges(token_starts(offsets), segments, n)
     counts = token_ranges[:, 1] - token_ranges[:, 0]
     unit_of_token = torch.from_numpy(np.repeat(np.arange(len(segments)), counts))
-    borrowers, borrowed = borrowed_tokens(token_ranges, n)
+    reducer = UnitReducer(token_ranges, n)
+    borrowers = np.nonzero(reducer.empty)[0]  # units that own no token read this one:
+    borrowed = reducer.lookup[borrowers]
     hidden_sum = torch.zeros((len(segments), encoder.hidden_size), dtype=torch.float64)
     sparse_out = np.empty(n, dtype=np.float32) if encoder.has_sparse else None
     colbert_out = (
@@ -317,7 +333,6 @@ def encode_document(
         sparse=sparse_out,
         colbert=colbert_out,
         units=Units(segments, token_ranges, hidden_sum.numpy()),
-        max_chars=max_chars,
         windows=windows,
         owner=owner,
         seconds=time.perf_counter() - started,

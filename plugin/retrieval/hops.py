@@ -9,10 +9,11 @@ Each round (:func:`next_hop`) reads the sentence the last round found and takes 
 terms*: words the question does not hold that are rare in the document (in at least one other
 sentence, in at most :func:`rare_bound` of them) -- a name, a code, a number, not the
 template words every look-alike line repeats. Candidates are the sentences not yet found that
-hold a bridge term, whole; the best is the one holding the rarest terms (summed inverse
-document frequency), ties broken by the retriever's score for the question expanded with the
-terms. Rounds stop when a sentence has no bridge term or no candidate holds one, so a question
-answered by one sentence costs one extra look at that sentence's words and no forward.
+hold a bridge term, whole; the best is the one the retriever ranks first for the question
+expanded with the terms (the question keeps the hop on topic: of two sentences naming the
+found entity, the one about what was asked). Rounds stop when a sentence has no bridge term
+or no candidate holds one, so a question answered by one sentence costs one extra look at
+that sentence's words and no forward.
 
 The planner then reads the found sentences first, in the order found, and the rest by the
 first round's scores (:func:`chain_first`).

@@ -33,11 +33,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from .encoding import DocumentEncoding, QueryEncoding
+from .encoding import DocumentEncoding, QueryEncoding, UnitReducer
 
 #: Longest run of sentences one span may cover when spans are built to a token target.
 MAX_SPAN_SENTENCES = 64
@@ -52,29 +51,6 @@ class UnitStats:
     lexical_w: np.ndarray | None  # (K,) query weights
     hidden_sum: np.ndarray  # (S, H) float64 sums of hidden states
     num_tokens: np.ndarray  # (S,) tokens per unit
-
-
-class UnitReducer:
-    """Reduces arrays over each unit's tokens.
-
-    A unit that starts inside a token shared with its predecessor owns no token: it is
-    reduced to that token (the one containing its start). The other units tile ``[0, n)``.
-    """
-
-    def __init__(self, token_ranges: np.ndarray, n: int) -> None:
-        self.starts = token_ranges[:, 0]
-        self.empty = token_ranges[:, 1] == self.starts
-        self.full = np.nonzero(~self.empty)[0]
-        self.lookup = np.where(self.empty, self.starts - 1, self.starts).clip(0, n - 1)
-
-    def last_axis(self, values: np.ndarray, ufunc: np.ufunc, **kw: Any) -> np.ndarray:
-        """``values`` (..., n) -> (..., S)."""
-        reduced = ufunc.reduceat(values, self.starts[self.full], axis=-1, **kw)
-        out = np.empty(values.shape[:-1] + (len(self.starts),), dtype=reduced.dtype)
-        out[..., self.full] = reduced
-        if self.empty.any():
-            out[..., self.empty] = values[..., self.lookup[self.empty]]
-        return out
 
 
 @dataclass

@@ -391,14 +391,13 @@ class SpanRanker:
         chain = [int(np.argmax(best))] if len(best) else []
         hops: list[Hop] = []
         started = time.perf_counter()
+
+        def score_for(expanded: str) -> np.ndarray:
+            """A later round's unit scores, on the same encoding."""
+            more = self._score_encoded(r.doc, True, expanded, span_sentences, span_tokens, weights)
+            return self._unit_scores(more, document, expanded, lexical_fusion, False)
+
         while len(chain) < rounds:
-
-            def score_for(expanded: str) -> np.ndarray:
-                more = self._score_encoded(
-                    r.doc, True, expanded, span_sentences, span_tokens, weights
-                )
-                return self._unit_scores(more, document, expanded, lexical_fusion, False)
-
             hop = next_hop(document, r.chars, chain, query, score_for)
             if hop is None:
                 break
